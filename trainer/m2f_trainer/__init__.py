@@ -1,0 +1,3 @@
+"""Mask2Former trainer: TAO-compatible experiment spec, data, model, training, evaluation, export."""
+
+__version__ = "0.1.0"

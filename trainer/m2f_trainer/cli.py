@@ -1,0 +1,61 @@
+"""The `m2f` command: a thin dispatcher onto one module per task.
+
+Each task module exposes ``main(argv: list[str]) -> int``. Modules are imported lazily so that
+light commands (`m2f schema`, `m2f validate`) never import torch.
+"""
+
+from __future__ import annotations
+
+import importlib
+import sys
+
+from m2f_trainer.errors import UserError
+
+# command -> (module, one-line help). Exit codes are a contract (see docs/exit-codes.md):
+# 0 finished, 2 invalid spec/data/arguments, 143 terminated by SIGTERM, anything else: failure.
+COMMANDS: dict[str, tuple[str, str]] = {
+    "train": ("m2f_trainer.tasks.train", "train a model from an experiment spec"),
+    "evaluate": ("m2f_trainer.tasks.evaluate", "evaluate a checkpoint, ONNX/TensorRT model or prediction files"),
+    "inference": ("m2f_trainer.tasks.inference", "run inference on dataset.test.img_dir"),
+    "export": ("m2f_trainer.tasks.export", "export a checkpoint to ONNX and verify parity in onnxruntime"),
+    "gen_trt_engine": ("m2f_trainer.tasks.gen_trt_engine", "build a TensorRT engine from an ONNX file"),
+    "validate": ("m2f_trainer.config.cli", "validate an experiment spec and print it resolved"),
+    "schema": ("m2f_trainer.config.cli", "print the JSON Schema of the experiment spec"),
+    "data": ("m2f_trainer.data.cli", "dataset tools: `data check`, `data synth`"),
+    "convert-checkpoint": ("m2f_trainer.model.convert", "convert HF / detectron2 Mask2Former weights"),
+    "dev": ("m2f_operator.devcluster.cli", "embedded dev cluster: `dev up`, `dev down`"),
+}
+
+
+def _usage() -> str:
+    width = max(map(len, COMMANDS))
+    lines = ["usage: m2f <command> [-e spec.yaml] [section.key=value ...]", "", "commands:"]
+    lines += [f"  {name:<{width}}  {help_}" for name, (_, help_) in COMMANDS.items()]
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if not argv or argv[0] in ("-h", "--help"):
+        print(_usage())
+        return 0 if argv else 2
+    command, rest = argv[0], argv[1:]
+    if command not in COMMANDS:
+        print(f"m2f: unknown command {command!r}; choose from: {', '.join(COMMANDS)}", file=sys.stderr)
+        return 2
+    module_name = COMMANDS[command][0]
+    try:
+        module = importlib.import_module(module_name)
+        # Modules serving several commands (validate/schema) take the command name first.
+        if getattr(module, "MULTI_COMMAND", False):
+            return int(module.main([command, *rest]) or 0)
+        return int(module.main(rest) or 0)
+    except UserError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return exc.exit_code
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())
