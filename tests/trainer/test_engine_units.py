@@ -1,0 +1,335 @@
+"""Engine units: env contract, atomic checkpoints, optimizer groups and schedules, Prometheus, status reporter."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+import urllib.request
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+import torch
+from torch import nn
+
+from m2f_trainer.engine import checkpoints, distributed, optim, progress, prometheus
+from m2f_trainer.errors import SpecError, UserError
+
+
+def train_cfg(**overrides):
+    values = dict(num_nodes=1, num_gpus=1, gpu_ids=[0], metrics_port=9091)
+    values.update(overrides)
+    return SimpleNamespace(**values)
+
+
+# ----------------------------------------------------------------------------------- env contract
+
+@pytest.mark.parametrize(
+    "spec, env, expected",
+    [
+        (dict(), {}, dict(num_nodes=1, processes_per_node=1, node_rank=0, world_size=1, master_port=None)),
+        (dict(num_nodes=2), dict(MASTER_ADDR="w0.svc", MASTER_PORT="29500", NODE_RANK="1", WORLD_SIZE="2",
+                                 NUM_GPU_PER_NODE="1"),
+         dict(num_nodes=2, processes_per_node=1, node_rank=1, world_size=2, master_port=29500,
+              master_addr="w0.svc")),
+        (dict(num_nodes=2, num_gpus=4), dict(MASTER_ADDR="a", MASTER_PORT="1234", NODE_RANK="0", WORLD_SIZE="8",
+                                             NUM_GPU_PER_NODE="4"),
+         dict(num_nodes=2, processes_per_node=4, node_rank=0, world_size=8)),
+        (dict(num_gpus=2), dict(NUM_GPU_PER_NODE="2"), dict(num_nodes=1, processes_per_node=2, world_size=2)),
+    ],
+)
+def test_launch_plan_follows_the_environment(spec, env, expected):
+    plan = distributed.resolve_launch_plan(train_cfg(**spec), environ=env, cuda_available=False)
+    for key, value in expected.items():
+        assert getattr(plan, key) == value, key
+    assert plan.accelerator == "cpu"
+    assert plan.devices == plan.processes_per_node
+
+
+@pytest.mark.parametrize(
+    "spec, env, names",
+    [
+        (dict(num_gpus=1), dict(NUM_GPU_PER_NODE="2"), ["NUM_GPU_PER_NODE=2", "train.num_gpus=1"]),
+        (dict(num_nodes=1), dict(WORLD_SIZE="2", NUM_GPU_PER_NODE="1"), ["WORLD_SIZE=2", "train.num_nodes=1"]),
+        (dict(num_nodes=3, num_gpus=2), dict(WORLD_SIZE="4", NUM_GPU_PER_NODE="2", MASTER_ADDR="a",
+                                             MASTER_PORT="1", NODE_RANK="0"),
+         ["WORLD_SIZE=4", "train.num_nodes=3"]),
+        (dict(num_gpus=2), dict(WORLD_SIZE="3", NUM_GPU_PER_NODE="2"), ["WORLD_SIZE=3", "NUM_GPU_PER_NODE=2"]),
+        (dict(num_nodes=2), dict(MASTER_ADDR="a", MASTER_PORT="1", NODE_RANK="2", WORLD_SIZE="2"),
+         ["NODE_RANK=2", "train.num_nodes=2"]),
+        (dict(num_gpus=2, gpu_ids=[0, 1, 2]), {}, ["train.gpu_ids=[0, 1, 2]", "train.num_gpus=2"]),
+    ],
+)
+def test_disagreement_names_both_values(spec, env, names):
+    with pytest.raises(SpecError) as err:
+        distributed.resolve_launch_plan(train_cfg(**spec), environ=env, cuda_available=False)
+    for name in names:
+        assert name in str(err.value)
+
+
+def test_multi_node_needs_rendezvous_variables():
+    with pytest.raises(UserError, match="MASTER_PORT, NODE_RANK"):
+        distributed.resolve_launch_plan(train_cfg(num_nodes=2), environ=dict(MASTER_ADDR="a"), cuda_available=False)
+    with pytest.raises(UserError, match="MASTER_PORT='x'"):
+        distributed.resolve_launch_plan(train_cfg(), environ=dict(MASTER_PORT="x"), cuda_available=False)
+
+
+def test_default_gpu_ids_expand_and_gpu_devices_are_ids():
+    plan = distributed.resolve_launch_plan(train_cfg(num_gpus=2), environ={}, cuda_available=True)
+    assert plan.accelerator == "gpu" and plan.devices == [0, 1]
+    plan = distributed.resolve_launch_plan(train_cfg(num_gpus=2, gpu_ids=[2, 3]), environ={}, cuda_available=True)
+    assert plan.devices == [2, 3]
+
+
+def test_cluster_environment_ignores_foreign_schedulers(monkeypatch):
+    for name, value in dict(SLURM_NTASKS="8", SLURM_JOB_NAME="x", TORCHELASTIC_RUN_ID="y", RANK="5").items():
+        monkeypatch.setenv(name, value)
+    monkeypatch.delenv("LOCAL_RANK", raising=False)
+    plan = distributed.resolve_launch_plan(
+        train_cfg(num_nodes=2), environ=dict(MASTER_ADDR="w0", MASTER_PORT="2950", NODE_RANK="1", WORLD_SIZE="2"),
+        cuda_available=False)
+    env = distributed.ContractEnvironment(plan)
+    assert (env.main_address, env.main_port, env.node_rank(), env.local_rank()) == ("w0", 2950, 1, 0)
+    assert not env.creates_processes_externally
+    monkeypatch.setenv("LOCAL_RANK", "1")
+    assert env.creates_processes_externally and env.local_rank() == 1
+
+
+def test_strategy_and_precision_mapping():
+    from datetime import timedelta
+
+    from lightning.pytorch.strategies import DDPStrategy, ModelParallelStrategy, SingleDeviceStrategy
+
+    single = distributed.resolve_launch_plan(train_cfg(), environ={}, cuda_available=False)
+    two = distributed.resolve_launch_plan(train_cfg(num_gpus=2), environ={}, cuda_available=False)
+    assert isinstance(distributed.build_strategy("ddp", single, 60), SingleDeviceStrategy)
+    ddp = distributed.build_strategy("ddp", two, 42)
+    assert isinstance(ddp, DDPStrategy) and ddp._timeout == timedelta(seconds=42)
+    assert ddp.process_group_backend == "gloo"
+    fsdp = distributed.build_strategy("ddp_sharded", two, 7)
+    assert isinstance(fsdp, ModelParallelStrategy) and fsdp._timeout == timedelta(seconds=7)
+    with pytest.raises(SpecError, match="train.distributed_strategy='horovod'"):
+        distributed.build_strategy("horovod", two, 7)
+    assert distributed.lightning_precision("bf16", "cpu") == "bf16-mixed"
+    assert distributed.lightning_precision("fp16", "gpu") == "16-mixed"
+    assert distributed.lightning_precision("fp32", "cpu") == "32-true"
+    with pytest.raises(SpecError, match="train.precision=fp16"):
+        distributed.lightning_precision("fp16", "cpu")
+
+
+def test_results_dir_override():
+    cfg = SimpleNamespace(results_dir="/spec")
+    assert distributed.results_dir(cfg, environ={}) == "/spec"
+    assert distributed.results_dir(cfg, environ={"M2F_RESULTS_DIR": "/op"}) == "/op"
+
+
+# ----------------------------------------------------------------------------------- checkpoints
+
+def test_atomic_save_keeps_the_previous_file_when_the_writer_dies(tmp_path):
+    target = tmp_path / "train" / checkpoints.LATEST_NAME
+    checkpoints.atomic_torch_save({"state_dict": {"w": torch.ones(3)}}, target)
+    # A writer SIGKILLed in the middle of torch.save (a big tensor keeps it busy) must not touch the target.
+    script = (
+        "import sys, torch; from m2f_trainer.engine.checkpoints import atomic_torch_save\n"
+        "class Slow:\n"
+        "    def __reduce__(self):\n"
+        "        print('writing', flush=True); import time; time.sleep(60); return (int, (0,))\n"
+        "atomic_torch_save({'state_dict': {'w': torch.zeros(3)}, 'slow': Slow()}, sys.argv[1])\n"
+    )
+    proc = subprocess.Popen([sys.executable, "-c", script, str(target)], stdout=subprocess.PIPE, text=True)
+    assert proc.stdout.readline().strip() == "writing"
+    proc.send_signal(signal.SIGKILL)
+    proc.wait(timeout=30)
+    assert torch.equal(torch.load(target)["state_dict"]["w"], torch.ones(3))
+    leftovers = [p.name for p in target.parent.iterdir() if p.name != target.name]
+    assert leftovers and all(name.endswith(".tmp") for name in leftovers)
+    checkpoints.atomic_torch_save({"state_dict": {"w": torch.zeros(3)}}, target)
+    assert torch.equal(torch.load(target)["state_dict"]["w"], torch.zeros(3))
+
+
+def test_resume_discovery_and_weight_loading(tmp_path):
+    train_dir = tmp_path / "train"
+    train_dir.mkdir()
+    assert checkpoints.find_resume_checkpoint(train_dir, None) is None
+    (train_dir / checkpoints.LATEST_NAME).write_bytes(b"x")
+    assert checkpoints.find_resume_checkpoint(train_dir, None) == train_dir / checkpoints.LATEST_NAME
+    explicit = tmp_path / "other.pth"
+    explicit.write_bytes(b"y")
+    assert checkpoints.find_resume_checkpoint(train_dir, str(explicit)) == explicit
+    with pytest.raises(UserError, match="train.resume_training_checkpoint_path: file not found"):
+        checkpoints.find_resume_checkpoint(train_dir, str(tmp_path / "nope.pth"))
+
+    source = nn.Sequential(nn.Linear(2, 3), nn.Linear(3, 4))
+    torch.save({"state_dict": {**source.state_dict(), "extra.weight": torch.zeros(1)}}, tmp_path / "w.pth")
+    target = nn.Sequential(nn.Linear(2, 3), nn.Linear(3, 5), nn.Linear(1, 1))
+    missing, unexpected = checkpoints.load_model_weights(target, tmp_path / "w.pth", "train.pretrained_model_path")
+    assert torch.equal(target[0].weight, source[0].weight)
+    assert set(missing) == {"1.weight", "1.bias", "2.weight", "2.bias"} and unexpected == ["extra.weight"]
+    (tmp_path / "torn.pth").write_bytes(b"not a checkpoint")
+    with pytest.raises(UserError, match="train.pretrained_model_path: cannot read checkpoint .*torn.pth"):
+        checkpoints.load_model_weights(target, tmp_path / "torn.pth", "train.pretrained_model_path")
+
+
+# ----------------------------------------------------------------------------------- optimizer
+
+class TinyBackbone(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv2d(3, 4, 3)
+        self.bn = nn.BatchNorm2d(4)
+        self.relative_position_bias_table = nn.Parameter(torch.zeros(3, 2))
+
+
+class TinyModel(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.backbone = TinyBackbone()
+        self.query_embed = nn.Embedding(5, 4)
+        self.norm = nn.LayerNorm(4)
+        self.head = nn.Linear(4, 2)
+        self.frozen = nn.Linear(2, 2)
+        self.frozen.requires_grad_(False)
+
+
+def optim_cfg(**overrides):
+    values = dict(type="AdamW", lr=1e-3, backbone_multiplier=0.1, momentum=0.9, weight_decay=0.05,
+                  lr_scheduler="MultiStep", milestones=[2, 3], gamma=0.5, warmup_iters=0)
+    values.update(overrides)
+    return SimpleNamespace(**values)
+
+
+def test_param_groups_lr_and_weight_decay():
+    groups = optim.build_param_groups(TinyModel(), optim_cfg())
+    where = {name: (g["lr"], g["weight_decay"]) for g in groups for name in g["names"]}
+    assert where == {
+        "backbone.conv.weight": (1e-4, 0.05), "backbone.conv.bias": (1e-4, 0.05),
+        "backbone.bn.weight": (1e-4, 0.0), "backbone.bn.bias": (1e-4, 0.0),
+        "backbone.relative_position_bias_table": (1e-4, 0.0),
+        "query_embed.weight": (1e-3, 0.0), "norm.weight": (1e-3, 0.0), "norm.bias": (1e-3, 0.0),
+        "head.weight": (1e-3, 0.05), "head.bias": (1e-3, 0.05),
+    }
+    opt = optim.build_optimizer(TinyModel(), optim_cfg(type="SGD"))
+    assert isinstance(opt, torch.optim.SGD) and opt.param_groups[0]["momentum"] == 0.9
+    assert isinstance(optim.build_optimizer(TinyModel(), optim_cfg()), torch.optim.AdamW)
+
+
+def lrs(cfg, steps_per_epoch, epochs):
+    model = nn.Linear(1, 1)
+    opt = optim.build_optimizer(model, cfg)
+    sched = optim.build_scheduler(opt, cfg, steps_per_epoch, epochs)["scheduler"]
+    seen = []
+    for _ in range(steps_per_epoch * epochs):
+        seen.append(opt.param_groups[0]["lr"])
+        opt.step()
+        sched.step()
+    return seen
+
+
+def test_schedules_multistep_steplr_warmup_poly():
+    assert lrs(optim_cfg(), 2, 4) == pytest.approx([1e-3] * 4 + [5e-4] * 2 + [2.5e-4] * 2)
+    assert lrs(optim_cfg(lr_scheduler="StepLR", milestones=[1]), 1, 3) == pytest.approx([1e-3, 5e-4, 2.5e-4])
+    warm = lrs(optim_cfg(warmup_iters=4, milestones=[10]), 2, 3)
+    assert warm == pytest.approx([2.5e-4, 5e-4, 7.5e-4, 1e-3, 1e-3, 1e-3])
+    poly = lrs(optim_cfg(lr_scheduler="WarmupPoly"), 2, 2)
+    assert poly[0] == pytest.approx(1e-3) and poly == sorted(poly, reverse=True) and poly[-1] < 4e-4
+    with pytest.raises(SpecError, match="train.optim.lr_scheduler='cosine'"):
+        lrs(optim_cfg(lr_scheduler="cosine"), 1, 1)
+
+
+# ----------------------------------------------------------------------------------- prometheus
+
+def test_prometheus_exporter_serves_training_gauges():
+    assert prometheus.metrics_port(train_cfg(metrics_port=1234), environ={}) == 1234
+    assert prometheus.metrics_port(train_cfg(), environ={"M2F_METRICS_PORT": "0"}) == 0
+    with pytest.raises(UserError, match="M2F_METRICS_PORT='x'"):
+        prometheus.metrics_port(train_cfg(), environ={"M2F_METRICS_PORT": "x"})
+    exporter = prometheus.TrainingExporter(0, addr="127.0.0.1")
+    try:
+        exporter.update_step(epoch=2, step=17, loss=1.5, images_per_s=3.25, device=torch.device("cpu"))
+        exporter.update_validation("PQ", 0.42)
+        body = urllib.request.urlopen(f"http://127.0.0.1:{exporter.port}/metrics", timeout=10).read().decode()
+    finally:
+        exporter.close()
+    assert "m2f_train_epoch 3.0" in body and "m2f_train_step 17.0" in body
+    assert "m2f_train_loss 1.5" in body and "m2f_train_images_per_second 3.25" in body
+    assert 'm2f_validation_metric{name="PQ"} 0.42' in body
+
+
+# ----------------------------------------------------------------------------------- status reporter
+
+class FakeApiServer:
+    """Records PATCH requests like the API server's status subresource; fails the first `fail_first`."""
+
+    def __init__(self, fail_first: int = 0):
+        self.requests: list[tuple[str, str, str, dict]] = []
+        self.fail_first = fail_first
+        outer = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_PATCH(self):
+                body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+                outer.requests.append((self.command, self.path, self.headers["Content-Type"], body))
+                code = 500 if len(outer.requests) <= outer.fail_first else 200
+                payload = json.dumps({"kind": "Status"} if code == 500 else body).encode()
+                self.send_response(code)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(payload)))
+                self.end_headers()
+                self.wfile.write(payload)
+
+            def log_message(self, *args):
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+        self.url = f"http://127.0.0.1:{self.server.server_port}"
+
+    def kubeconfig(self, path: Path) -> Path:
+        path.write_text(json.dumps({
+            "apiVersion": "v1", "kind": "Config", "current-context": "fake",
+            "clusters": [{"name": "fake", "cluster": {"server": self.url}}],
+            "users": [{"name": "fake", "user": {"token": "t"}}],
+            "contexts": [{"name": "fake", "context": {"cluster": "fake", "user": "fake"}}],
+        }))
+        return path
+
+    def close(self):
+        self.server.shutdown()
+        self.server.server_close()
+
+
+def test_status_reporter_merge_patches_status_progress_throttled(tmp_path, monkeypatch):
+    server = FakeApiServer(fail_first=1)
+    monkeypatch.setenv("KUBECONFIG", str(server.kubeconfig(tmp_path / "kubeconfig")))
+    monkeypatch.delenv("KUBERNETES_SERVICE_HOST", raising=False)
+    try:
+        reporter = progress.StatusReporter("m2f.example.com/v1alpha1/namespaces/team-a/trainings/exp1",
+                                           min_interval_s=0.5)
+        reporter.report({"epoch": 1, "step": 1, "loss": 3.0})  # answered 500: logged, not raised
+        deadline = time.monotonic() + 10
+        while reporter.failures < 1 and time.monotonic() < deadline:
+            time.sleep(0.02)
+        for step in range(2, 40):  # a burst within one interval collapses into one patch
+            reporter.report({"epoch": 1, "step": step, "loss": 1.0 / step})
+        reporter.close()
+    finally:
+        server.close()
+    assert reporter.failures == 1 and reporter.sent == 1
+    assert len(server.requests) == 2
+    method, path, content_type, body = server.requests[-1]
+    assert method == "PATCH" and content_type == "application/merge-patch+json"
+    assert path == "/apis/m2f.example.com/v1alpha1/namespaces/team-a/trainings/exp1/status"
+    assert body["status"]["progress"]["step"] == 39 and body["status"]["progress"]["updateTime"].endswith("Z")
+
+
+def test_status_target_parsing_and_env():
+    assert progress.StatusReporter.from_env({}) is None
+    assert progress.StatusReporter.from_env({"M2F_STATUS_TARGET": "bad/target"}) is None
+    parts = progress.parse_status_target("g.io/v1/namespaces/ns/plural/name")
+    assert parts == {"group": "g.io", "version": "v1", "namespace": "ns", "plural": "plural", "name": "name"}

@@ -1,0 +1,1 @@
+"""Training engine: LightningModule, optimizer, checkpoints, signals, multi-node env contract, progress, metrics."""

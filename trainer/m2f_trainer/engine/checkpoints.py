@@ -1,0 +1,153 @@
+"""Checkpoint files: atomic writes, epoch/latest naming, auto-resume discovery and weights-only loading."""
+
+from __future__ import annotations
+
+import logging
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import torch
+from lightning.pytorch.callbacks import Callback
+from lightning.pytorch.plugins.io import TorchCheckpointIO
+
+from m2f_trainer.errors import UserError
+
+log = logging.getLogger(__name__)
+
+LATEST_NAME = "mask2former_model_latest.pth"
+EPOCH_TEMPLATE = "model_epoch_{epoch:03d}.pth"
+
+
+def atomic_torch_save(obj: Any, path: str | os.PathLike) -> Path:
+    """torch.save into a temporary file in the same directory, fsync, then os.replace: a reader (or a restart
+    after SIGKILL) sees either the previous file or the complete new one, never a torn write."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            torch.save(obj, handle)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp_name, path)
+    except BaseException:
+        Path(tmp_name).unlink(missing_ok=True)
+        raise
+    return path
+
+
+def atomic_link_or_copy(src: Path, dst: Path) -> None:
+    """Publish `src` under the name `dst` atomically (hard link when possible: no second write of the bytes)."""
+    fd, tmp_name = tempfile.mkstemp(prefix=f".{dst.name}.", suffix=".tmp", dir=dst.parent)
+    os.close(fd)
+    os.unlink(tmp_name)
+    try:
+        os.link(src, tmp_name)
+    except OSError:
+        import shutil
+
+        shutil.copyfile(src, tmp_name)
+    os.replace(tmp_name, dst)
+
+
+class AtomicCheckpointIO(TorchCheckpointIO):
+    """Lightning's checkpoint IO with an atomic write (Lightning's own goes through fsspec without fsync)."""
+
+    def save_checkpoint(self, checkpoint: dict[str, Any], path: Any, storage_options: Any = None) -> None:
+        if storage_options is not None:
+            raise TypeError("AtomicCheckpointIO takes no storage_options")
+        atomic_torch_save(checkpoint, path)
+
+
+def find_resume_checkpoint(train_dir: Path, explicit: str | None) -> Path | None:
+    """train.resume_training_checkpoint_path wins; otherwise the latest checkpoint in <results_dir>/train."""
+    if explicit:
+        path = Path(explicit)
+        if not path.is_file():
+            raise UserError(f"train.resume_training_checkpoint_path: file not found: {path}")
+        return path
+    latest = train_dir / LATEST_NAME
+    return latest if latest.is_file() else None
+
+
+def read_model_weights(path: str | os.PathLike, field: str) -> dict[str, torch.Tensor]:
+    """The model's state_dict from one of our checkpoints, a converted checkpoint or a bare state_dict file."""
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"{field}: file not found: {path}")
+    try:
+        payload = torch.load(path, map_location="cpu", weights_only=False)
+    except Exception as exc:  # a torn or foreign file: say which one
+        raise UserError(f"{field}: cannot read checkpoint {path}: {exc}") from None
+    if isinstance(payload, dict) and isinstance(payload.get("state_dict"), dict):
+        payload = payload["state_dict"]
+    elif isinstance(payload, dict) and isinstance(payload.get("model"), dict):
+        payload = payload["model"]
+    if not isinstance(payload, dict) or not all(isinstance(v, torch.Tensor) for v in payload.values()):
+        raise UserError(f"{field}: {path} holds no model state_dict")
+    return payload
+
+
+def load_model_weights(model: torch.nn.Module, path: str | os.PathLike, field: str,
+                       strict: bool = False) -> tuple[list[str], list[str]]:
+    """Load weights only (no optimizer/epoch), reporting missing and unexpected keys; shape mismatches are skipped
+    and reported too, so a pretrained model with another class count still initialises the rest."""
+    state = read_model_weights(path, field)
+    own = model.state_dict()
+    mismatched = [k for k, v in state.items() if k in own and tuple(own[k].shape) != tuple(v.shape)]
+    for key in mismatched:
+        state.pop(key)
+    result = model.load_state_dict(state, strict=False)
+    missing, unexpected = list(result.missing_keys), list(result.unexpected_keys)
+    if strict and (missing or unexpected or mismatched):
+        raise UserError(
+            f"{field}: {path} does not match the model: missing {missing[:5]}, unexpected {unexpected[:5]}, "
+            f"shape mismatch {mismatched[:5]} (of {len(missing)}/{len(unexpected)}/{len(mismatched)})")
+    if missing:
+        log.warning("%s: %d missing keys, e.g. %s", field, len(missing), missing[:5])
+    if unexpected:
+        log.warning("%s: %d unexpected keys, e.g. %s", field, len(unexpected), unexpected[:5])
+    if mismatched:
+        log.warning("%s: %d keys skipped for shape mismatch, e.g. %s", field, len(mismatched), mismatched[:5])
+    loaded = len(state) - len(unexpected)
+    log.info("%s: loaded %d tensors from %s", field, loaded, path)
+    return missing + mismatched, unexpected
+
+
+class EpochCheckpoint(Callback):
+    """Every `interval` epochs (and at the last one) write model_epoch_NNN.pth and publish it as the latest.
+    A SIGTERM between steps also saves the latest, so a restart loses at most the current step."""
+
+    def __init__(self, train_dir: Path, interval: int, num_epochs: int) -> None:
+        self.train_dir = Path(train_dir)
+        self.interval = max(1, int(interval))
+        self.num_epochs = int(num_epochs)
+
+    def on_train_epoch_end(self, trainer, pl_module) -> None:
+        epoch = trainer.current_epoch
+        if (epoch + 1) % self.interval and epoch + 1 != self.num_epochs:
+            return
+        if trainer.sanity_checking:
+            return
+        epoch_path = self.train_dir / EPOCH_TEMPLATE.format(epoch=epoch)
+        trainer.save_checkpoint(epoch_path)
+        if trainer.is_global_zero:
+            atomic_link_or_copy(epoch_path, self.train_dir / LATEST_NAME)
+            log.info("saved checkpoint %s", epoch_path)
+        trainer.strategy.barrier("m2f-checkpoint")
+
+    def on_exception(self, trainer, pl_module, exception: BaseException) -> None:
+        from lightning.pytorch.utilities.exceptions import SIGTERMException
+
+        if not isinstance(exception, SIGTERMException):
+            return
+        # Lightning raises SIGTERMException between steps: model and optimizer state are consistent.
+        path = self.train_dir / LATEST_NAME
+        try:
+            trainer.save_checkpoint(path)
+            log.warning("SIGTERM: saved checkpoint %s at epoch %d step %d",
+                        path, trainer.current_epoch, trainer.global_step)
+        except Exception as exc:  # the pod is going away; never mask the termination itself
+            log.error("SIGTERM: could not save a checkpoint: %s", exc)

@@ -1,0 +1,156 @@
+"""The LightningModule: Mask2Former forward + set criterion for training, postprocess + metric for validation."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import lightning as L
+import torch
+from torch import nn
+
+from m2f_trainer.engine.optim import build_optimizer, build_scheduler
+from m2f_trainer.errors import SpecError
+
+log = logging.getLogger(__name__)
+
+
+class Mask2FormerModule(L.LightningModule):
+    """Training and validation around a plain `nn.Module` Mask2Former.
+
+    The model's own submodules, parameters and buffers are registered directly on this module, so the
+    checkpoint's "state_dict" has exactly the keys of `model.state_dict()` (the layout documented in
+    docs/model.md and written by `m2f convert-checkpoint`). The criterion is kept out of the state dict.
+    """
+
+    def __init__(self, model: nn.Module, criterion: nn.Module, cfg: Any, evaluator: Any = None) -> None:
+        super().__init__()
+        reserved = set(dir(L.LightningModule))
+        for name, child in model.named_children():
+            if name in reserved:
+                raise TypeError(f"model submodule name {name!r} collides with a LightningModule attribute")
+            self.add_module(name, child)
+        for name, param in model.named_parameters(recurse=False):
+            self.register_parameter(name, param)
+        for name, buffer in model.named_buffers(recurse=False):
+            self.register_buffer(name, buffer, persistent=name not in model._non_persistent_buffers_set)
+        # Not registered: the forward goes through the model's own forward, which calls the same children.
+        self.__dict__["net"] = model
+        self.__dict__["criterion"] = criterion
+        self.cfg = cfg
+        self.evaluator = evaluator
+        self.progress = None  # engine.progress.ProgressCallback, set by the train task
+        self.last_loss_terms: dict[str, float] = {}
+        self.validation_results: list[dict] = []
+        self._clip = _clip_settings(cfg.train)
+        self.strict_loading = True
+
+    # ------------------------------------------------------------------------------- model
+
+    def forward(self, images: torch.Tensor) -> dict:
+        return self.net(images)
+
+    def configure_model(self) -> None:
+        """FSDP2: shard each top-level part of the model (backbone, pixel decoder, predictor, ...) over the
+        data-parallel mesh. Called by Lightning only with ModelParallelStrategy-style strategies."""
+        mesh = getattr(self, "_device_mesh", None)
+        if mesh is None:
+            return
+        from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
+
+        if getattr(self, "_sharded", False):
+            return
+        precision = str(self.cfg.train.precision).lower()
+        policy = MixedPrecisionPolicy(param_dtype=torch.bfloat16, reduce_dtype=torch.float32) \
+            if precision == "bf16" else MixedPrecisionPolicy()
+        data_parallel = mesh["data_parallel"]
+        for name, child in self.named_children():
+            if any(p.numel() for p in child.parameters()):
+                fully_shard(child, mesh=data_parallel, mp_policy=policy)
+        self._sharded = True
+
+    def setup(self, stage: str) -> None:
+        self.criterion.to(self.device)
+
+    def on_fit_start(self) -> None:
+        self.criterion.to(self.device)
+
+    # ------------------------------------------------------------------------------- training
+
+    def training_step(self, batch, batch_idx: int) -> torch.Tensor:
+        images, targets, _ = batch
+        outputs = self(images)
+        # Losses in fp32: AMP keeps the matcher and the dice/BCE terms out of low precision.
+        with torch.autocast(device_type=self.device.type, enabled=False):
+            outputs32 = _to_float(outputs)
+            terms = self.criterion(outputs32, targets)
+        loss = sum(terms.values())
+        self.last_loss_terms = {k: float(v.detach()) for k, v in terms.items()}
+        self.last_loss_terms["loss"] = float(loss.detach())
+        self.log("train_loss", loss.detach(), prog_bar=True, batch_size=len(images), sync_dist=False)
+        return loss
+
+    def configure_optimizers(self):
+        optimizer = build_optimizer(self.net, self.cfg.train.optim)
+        steps = self.trainer.estimated_stepping_batches
+        epochs = max(1, int(self.trainer.max_epochs or self.cfg.train.num_epochs))
+        scheduler = build_scheduler(optimizer, self.cfg.train.optim, steps_per_epoch=max(1, int(steps) // epochs),
+                                    num_epochs=epochs)
+        return {"optimizer": optimizer, "lr_scheduler": scheduler}
+
+    def configure_gradient_clipping(self, optimizer, gradient_clip_val=None, gradient_clip_algorithm=None):
+        """Clip once per optimizer step: `full` clips the global p-norm of all gradients (detectron2's
+        full_model clipping), `value` clips each element."""
+        kind, threshold, norm_type = self._clip
+        if threshold <= 0:
+            return
+        if kind == "value":
+            self.clip_gradients(optimizer, gradient_clip_val=threshold, gradient_clip_algorithm="value")
+            return
+        if norm_type == 2.0:
+            self.clip_gradients(optimizer, gradient_clip_val=threshold, gradient_clip_algorithm="norm")
+            return
+        params = [p for group in optimizer.param_groups for p in group["params"] if p.grad is not None]
+        torch.nn.utils.clip_grad_norm_(params, threshold, norm_type=norm_type)
+
+    # ------------------------------------------------------------------------------- validation
+
+    def on_validation_epoch_start(self) -> None:
+        if self.evaluator is not None:
+            self.evaluator.reset()
+
+    def validation_step(self, batch, batch_idx: int) -> None:
+        if self.evaluator is None:
+            return
+        images, _, metas = batch
+        outputs = self(images)
+        self.evaluator.update(_to_float(outputs), metas, padded_size=tuple(images.shape[-2:]))
+
+    def on_validation_epoch_end(self) -> None:
+        if self.evaluator is None or self.trainer.sanity_checking:
+            return
+        metrics = self.evaluator.compute(self.trainer.strategy)
+        name, value = self.evaluator.primary(metrics)
+        self.log(f"val_{name}", float(value), rank_zero_only=True)
+        record = {"epoch": self.current_epoch, "step": self.global_step, **metrics}
+        self.validation_results.append(record)
+        if self.progress is not None and self.trainer.is_global_zero:
+            self.progress.record_validation(self.trainer, metrics, (name, float(value)))
+
+
+def _to_float(outputs: Any) -> Any:
+    if isinstance(outputs, torch.Tensor):
+        return outputs.float() if outputs.is_floating_point() else outputs
+    if isinstance(outputs, dict):
+        return {k: _to_float(v) for k, v in outputs.items()}
+    if isinstance(outputs, (list, tuple)):
+        return type(outputs)(_to_float(v) for v in outputs)
+    return outputs
+
+
+def _clip_settings(train_cfg: Any) -> tuple[str, float, float]:
+    kind = str(train_cfg.clip_grad_type).lower()
+    kind = {"full_model": "full", "norm": "full"}.get(kind, kind)
+    if kind not in ("full", "value"):
+        raise SpecError(f"train.clip_grad_type={train_cfg.clip_grad_type!r} is not supported; choose full or value")
+    return kind, float(train_cfg.clip_grad_norm or 0.0), float(train_cfg.clip_grad_norm_type)
