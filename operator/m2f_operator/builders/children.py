@@ -1,0 +1,41 @@
+"""Pure builders of the non-pod children: the experiment ConfigMap and the headless Service."""
+
+from __future__ import annotations
+
+import yaml
+
+from m2f_operator.builders import meta
+
+
+def render_experiment(body: dict, results_root: str = meta.DEFAULT_RESULTS_ROOT) -> str:
+    """The experiment as the pods read it; results_dir is the operator's choice (also in M2F_RESULTS_DIR)."""
+    experiment = dict(body["spec"].get("experiment") or {})
+    experiment["results_dir"] = meta.results_dir(body, results_root)
+    return yaml.safe_dump(experiment, sort_keys=False)
+
+
+def build_configmap(body: dict, results_root: str = meta.DEFAULT_RESULTS_ROOT) -> dict:
+    name = body["metadata"]["name"]
+    return {
+        "apiVersion": "v1",
+        "kind": "ConfigMap",
+        "metadata": meta.child_metadata(body, meta.configmap_name(name)),
+        "data": {"spec.yaml": render_experiment(body, results_root)},
+    }
+
+
+def build_service(body: dict) -> dict:
+    """Headless Service giving each worker the DNS name <pod>.<service>.<ns>.svc (MASTER_ADDR)."""
+    name = body["metadata"]["name"]
+    return {
+        "apiVersion": "v1",
+        "kind": "Service",
+        "metadata": meta.child_metadata(body, meta.service_name(name)),
+        "spec": {
+            "clusterIP": "None",
+            # Rendezvous happens before any readiness: worker 0 must resolve while starting.
+            "publishNotReadyAddresses": True,
+            "selector": meta.selector_labels(body),
+            "ports": [{"name": "dist", "port": meta.MASTER_PORT, "targetPort": meta.MASTER_PORT, "protocol": "TCP"}],
+        },
+    }

@@ -1,0 +1,114 @@
+"""Names shared by the CRDs, builders, policies and handlers: API group, kinds, labels, defaults."""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+GROUP = "mask2former.io"
+VERSION = "v1alpha1"
+API_VERSION = f"{GROUP}/{VERSION}"
+CATEGORY = "mask2former"
+
+
+@dataclass(frozen=True)
+class KindInfo:
+    kind: str
+    plural: str
+    singular: str
+    short_names: tuple[str, ...]
+    task: str  # the `m2f <task>` its main pods run; also the results sub-folder and the kind label
+
+
+KINDS: dict[str, KindInfo] = {
+    info.kind: info
+    for info in (
+        KindInfo("Mask2FormerTrain", "mask2formertrains", "mask2formertrain", ("m2ftrain", "m2ft"), "train"),
+        KindInfo("Mask2FormerEvaluate", "mask2formerevaluates", "mask2formerevaluate", ("m2feval", "m2fe"), "evaluate"),
+        KindInfo("Mask2FormerInference", "mask2formerinferences", "mask2formerinference", ("m2finfer", "m2fi"), "inference"),
+        KindInfo("Mask2FormerExport", "mask2formerexports", "mask2formerexport", ("m2fexport", "m2fx"), "export"),
+    )
+}
+KIND_BY_PLURAL = {info.plural: info for info in KINDS.values()}
+
+# Labels on every child; selectors and the operator's pod index rely on them.
+LABEL_JOB_NAME = f"{GROUP}/job-name"
+LABEL_KIND = f"{GROUP}/kind"
+LABEL_ROLE = f"{GROUP}/role"
+LABEL_REPLICA_INDEX = f"{GROUP}/replica-index"
+LABEL_ATTEMPT = f"{GROUP}/attempt"
+LABEL_MANAGED_BY = "app.kubernetes.io/managed-by"
+MANAGED_BY = "mask2former-operator"
+
+SPEC_MOUNT_DIR = "/etc/m2f"
+SPEC_FILE = f"{SPEC_MOUNT_DIR}/spec.yaml"
+TERMINATION_MESSAGE_PATH = "/dev/termination-log"
+MASTER_PORT = 29500
+METRICS_PORT = 9091
+DEFAULT_RESULTS_ROOT = "/results"
+DEFAULT_IMAGE = "ghcr.io/mask2former-operator/trainer:0.1.0"
+DEFAULT_TRT_IMAGE = "ghcr.io/mask2former-operator/trt-builder:0.1.0"
+DEFAULT_WORKER_SERVICE_ACCOUNT = "mask2former-worker"
+GPU_RESOURCE = "nvidia.com/gpu"
+# Exit code 2 is the trainer's "invalid spec, data or arguments": retrying cannot help.
+BUILTIN_PERMANENT_EXIT_CODES = frozenset({2})
+
+# Pod hostnames are DNS labels (<= 63 chars) and the longest suffix we add is "-worker-NNN";
+# Service names must be DNS-1035 labels (start with a letter).
+MAX_NAME_LENGTH = 48
+NAME_PATTERN = re.compile(r"^[a-z]([-a-z0-9]*[a-z0-9])?$")
+
+
+def kind_info(body: dict) -> KindInfo:
+    return KINDS[body["kind"]]
+
+
+def service_name(name: str) -> str:
+    return name
+
+
+def configmap_name(name: str) -> str:
+    return f"{name}-experiment"
+
+
+def pod_name(name: str, role: str, index: int) -> str:
+    return f"{name}-{role}-{index}"
+
+
+def status_target(body: dict) -> str:
+    meta = body["metadata"]
+    return f"{GROUP}/{VERSION}/namespaces/{meta['namespace']}/{kind_info(body).plural}/{meta['name']}"
+
+
+def results_dir(body: dict, results_root: str = DEFAULT_RESULTS_ROOT) -> str:
+    """Per-resource folder on the results volume, so a restarted gang finds its latest checkpoint."""
+    explicit = body.get("spec", {}).get("resultsDir")
+    if explicit:
+        return explicit
+    return f"{results_root.rstrip('/')}/{kind_info(body).task}/{body['metadata']['name']}"
+
+
+def owner_reference(body: dict) -> dict:
+    meta = body["metadata"]
+    return {
+        "apiVersion": body.get("apiVersion", API_VERSION),
+        "kind": body["kind"],
+        "name": meta["name"],
+        "uid": meta["uid"],
+        "controller": True,
+        "blockOwnerDeletion": True,
+    }
+
+
+def selector_labels(body: dict) -> dict[str, str]:
+    return {LABEL_JOB_NAME: body["metadata"]["name"], LABEL_KIND: kind_info(body).task}
+
+
+def child_metadata(body: dict, name: str, extra_labels: dict[str, str] | None = None) -> dict:
+    labels = {**selector_labels(body), LABEL_MANAGED_BY: MANAGED_BY, **(extra_labels or {})}
+    return {
+        "name": name,
+        "namespace": body["metadata"]["namespace"],
+        "labels": labels,
+        "ownerReferences": [owner_reference(body)],
+    }

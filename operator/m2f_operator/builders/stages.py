@@ -1,0 +1,56 @@
+"""Pure mapping from a resource to the gangs (stages) of pods it runs, in order."""
+
+from __future__ import annotations
+
+from m2f_operator.builders import meta
+from m2f_operator.builders.pods import PodDefaults, Stage
+
+ONNX_FILE = "model.onnx"
+ENGINE_FILE = "model.engine"
+
+
+def onnx_path(body: dict, defaults: PodDefaults) -> str:
+    return f"{meta.results_dir(body, defaults.results_root)}/{ONNX_FILE}"
+
+
+def engine_path(body: dict, defaults: PodDefaults) -> str:
+    return f"{meta.results_dir(body, defaults.results_root)}/{ENGINE_FILE}"
+
+
+def tensorrt_enabled(body: dict) -> bool:
+    return bool((body["spec"].get("tensorRT") or {}).get("enabled", False))
+
+
+def build_stages(body: dict, defaults: PodDefaults = PodDefaults(), checkpoint: str | None = None) -> list[Stage]:
+    """Train/Evaluate/Inference: one gang of workers. Export: an ONNX pod, then the TensorRT builder pod.
+
+    `checkpoint` is the export source resolved by the caller (spec.checkpoint or the trainRef's artifact).
+    """
+    spec = body["spec"]
+    info = meta.kind_info(body)
+    image = spec.get("image") or defaults.image
+    gpus = int(spec.get("gpusPerNode", 1 if info.task == "train" else 0))
+    if info.task == "train":
+        return [Stage("worker", "train", int(spec.get("nodes", 1)), gpus, image)]
+    if info.task in ("evaluate", "inference"):
+        return [Stage("worker", info.task, 1, gpus, image)]
+
+    onnx_file = onnx_path(body, defaults)
+    onnx_overrides = [f"export.onnx_file={onnx_file}"]
+    if checkpoint:
+        onnx_overrides.insert(0, f"export.checkpoint={checkpoint}")
+    stages = [Stage("onnx", "export", 1, gpus, image, tuple(onnx_overrides))]
+    if tensorrt_enabled(body):
+        trt = spec["tensorRT"]
+        trt_overrides = (
+            f"gen_trt_engine.onnx_file={onnx_file}",
+            f"gen_trt_engine.trt_engine={engine_path(body, defaults)}",
+            f"gen_trt_engine.tensorrt.data_type={str(trt.get('precision', 'fp16')).upper()}",
+            f"gen_trt_engine.tensorrt.workspace_size={int(trt.get('workspaceMiB', 1024))}",
+            f"gen_trt_engine.tensorrt.min_batch_size={int(trt.get('minBatch', 1))}",
+            f"gen_trt_engine.tensorrt.opt_batch_size={int(trt.get('optBatch', 1))}",
+            f"gen_trt_engine.tensorrt.max_batch_size={int(trt.get('maxBatch', 1))}",
+        )
+        # Engines are built for the GPU they will run on: the builder always gets exactly one.
+        stages.append(Stage("trt", "gen_trt_engine", 1, 1, spec.get("trtImage") or defaults.trt_image, trt_overrides))
+    return stages

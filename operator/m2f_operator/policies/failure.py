@@ -1,0 +1,59 @@
+"""Failure policy: any failed, evicted or lost worker restarts the whole gang, within backoffLimit.
+
+Permanent exit codes (2, the trainer's invalid input, plus spec.permanentExitCodes) fail at once;
+with spec.retryableExitCodes set, only those codes (and evictions / lost nodes) are retried.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+
+from m2f_operator.builders import meta
+from m2f_operator.policies.observe import PodView
+
+DEFAULT_BACKOFF_LIMIT = 3
+
+
+@dataclass(frozen=True)
+class FailureDecision:
+    action: str  # "restart" | "fail"
+    reason: str
+    message: str
+    force_delete: frozenset[str] = frozenset()
+
+
+def _describe(pod: PodView) -> str:
+    if pod.reason == "Evicted":
+        return f"pod {pod.name} was evicted: {pod.message}".rstrip(": ")
+    if pod.exit_code is not None:
+        detail = f": {pod.message}" if pod.message else ""
+        return f"pod {pod.name} exited with code {pod.exit_code}{detail}"
+    return f"pod {pod.name} failed{': ' + pod.message if pod.message else ''}"
+
+
+def is_permanent(spec: dict, pod: PodView) -> bool:
+    if pod.exit_code is None or pod.reason == "Evicted":
+        return False
+    permanent = meta.BUILTIN_PERMANENT_EXIT_CODES | set(spec.get("permanentExitCodes") or [])
+    if pod.exit_code in permanent:
+        return True
+    retryable = spec.get("retryableExitCodes")
+    return bool(retryable) and pod.exit_code not in set(retryable)
+
+
+def decide_failure(spec: dict, restarts: int, pods: list[PodView], now: datetime) -> FailureDecision | None:
+    """`pods` are the current attempt's pods; `restarts` the gang restarts already made."""
+    failed = [pod for pod in pods if pod.phase == "Failed"]
+    stuck = [pod for pod in pods if pod.stuck_terminating(now) and pod.phase != "Succeeded"]
+    if not failed and not stuck:
+        return None
+    force = frozenset(pod.name for pod in stuck)
+    permanent = [pod for pod in failed if is_permanent(spec, pod)]
+    if permanent:
+        return FailureDecision("fail", "PermanentError", _describe(permanent[0]), force)
+    cause = _describe(failed[0]) if failed else f"pod {stuck[0].name} is stuck terminating (node lost)"
+    backoff_limit = int(spec.get("backoffLimit", DEFAULT_BACKOFF_LIMIT))
+    if restarts >= backoff_limit:
+        return FailureDecision("fail", "BackoffLimitExceeded", f"{cause}; backoffLimit {backoff_limit} reached", force)
+    return FailureDecision("restart", "GangRestart", cause, force)

@@ -1,0 +1,76 @@
+"""A read-only view of observed pods that every policy shares (phase, exit code, termination, attempt)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime, timedelta, timezone
+
+from m2f_operator.builders import meta
+
+# A pod whose deletion deadline passed this long ago sits on a lost node: its kubelet will never confirm.
+STUCK_TERMINATING_MARGIN = timedelta(seconds=30)
+
+
+def parse_time(value: str | None) -> datetime | None:
+    if not value:
+        return None
+    return datetime.fromisoformat(value.replace("Z", "+00:00"))
+
+
+def format_time(value: datetime) -> str:
+    return value.astimezone(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+@dataclass(frozen=True)
+class PodView:
+    name: str
+    role: str
+    index: int
+    attempt: int
+    phase: str
+    reason: str
+    exit_code: int | None
+    message: str
+    deletion_deadline: datetime | None
+
+    @classmethod
+    def of(cls, pod: dict) -> PodView:
+        metadata, status = pod.get("metadata", {}), pod.get("status") or {}
+        labels = metadata.get("labels") or {}
+        exit_code, message = None, status.get("message", "")
+        for container in status.get("containerStatuses") or []:
+            terminated = (container.get("state") or {}).get("terminated")
+            if terminated:
+                exit_code = int(terminated.get("exitCode", 0))
+                message = (terminated.get("message") or terminated.get("reason") or message or "").strip()
+                break
+        return cls(
+            name=metadata["name"],
+            role=labels.get(meta.LABEL_ROLE, "worker"),
+            index=int(labels.get(meta.LABEL_REPLICA_INDEX, 0)),
+            attempt=int(labels.get(meta.LABEL_ATTEMPT, 0)),
+            phase=status.get("phase", "Pending"),
+            reason=status.get("reason", ""),
+            exit_code=exit_code,
+            message=message,
+            deletion_deadline=parse_time(metadata.get("deletionTimestamp")),
+        )
+
+    @property
+    def terminating(self) -> bool:
+        return self.deletion_deadline is not None
+
+    @property
+    def finished(self) -> bool:
+        return self.phase in ("Succeeded", "Failed")
+
+    @property
+    def active(self) -> bool:
+        return not self.finished and not self.terminating
+
+    def stuck_terminating(self, now: datetime) -> bool:
+        return self.deletion_deadline is not None and now > self.deletion_deadline + STUCK_TERMINATING_MARGIN
+
+
+def views(pods: list[dict]) -> list[PodView]:
+    return sorted((PodView.of(pod) for pod in pods), key=lambda view: (view.role, view.index, view.attempt))

@@ -1,0 +1,288 @@
+"""The reconcile, JobSet style: observed state -> desired children -> what to create/delete -> status.
+
+`reconcile(Observed) -> Plan` is pure: it reads the resource, its pods (and, for an Export, the
+referenced Train) and returns the API calls to make and the status to write once. The handlers
+apply plans; nothing here talks to the API.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import datetime
+
+from m2f_operator import status as st
+from m2f_operator.builders import build_configmap, build_gang, build_service, build_stages, meta
+from m2f_operator.builders.pods import PodDefaults, Stage
+from m2f_operator.builders.stages import engine_path, onnx_path
+from m2f_operator.policies import (
+    PodView,
+    deadline_remaining,
+    decide_failure,
+    decide_suspend,
+    pods_to_clean,
+    stage_succeeded,
+    ttl_remaining,
+    views,
+)
+from m2f_operator.policies.observe import format_time
+from m2f_operator.validation import spec_error
+
+# Export stages whose completion is recorded as a condition (the pods may be cleaned up later).
+STAGE_CONDITIONS = {"onnx": "OnnxExported", "trt": "EngineBuilt"}
+
+
+@dataclass
+class Observed:
+    body: dict
+    pods: list[dict]
+    now: datetime
+    train: dict | None = None  # the Export's trainRef target, when it exists
+    defaults: PodDefaults = field(default_factory=PodDefaults)
+
+
+@dataclass
+class Plan:
+    creates: list[dict] = field(default_factory=list)
+    deletes: list[tuple[str, bool]] = field(default_factory=list)  # (pod name, force)
+    status_patch: dict = field(default_factory=dict)
+    events: list[st.Event] = field(default_factory=list)
+    phase: str = st.PENDING
+    delete_resource: bool = False
+    invalid_spec: str | None = None
+    gang_restarted: bool = False
+
+
+def reconcile(observed: Observed) -> Plan:
+    body, now = observed.body, observed.now
+    spec = body.get("spec") or {}
+    status = body.get("status") or {}
+    draft = st.StatusDraft.start(status, body["metadata"].get("generation"), now)
+    pods = views(observed.pods)
+    plan = Plan()
+    _Reconciler(observed, spec, status, draft, pods, plan).run()
+    plan.status_patch = draft.patch_against(status)
+    plan.events = draft.events
+    plan.phase = draft.phase
+    return plan
+
+
+@dataclass
+class _Reconciler:
+    observed: Observed
+    spec: dict
+    status: dict
+    draft: st.StatusDraft
+    pods: list[PodView]
+    plan: Plan
+
+    def run(self) -> None:
+        # 1. A spec that cannot run: say which field, run nothing, never retry.
+        error = spec_error(self.observed.body)
+        if error:
+            if self.draft.phase not in st.TERMINAL_PHASES:
+                self.draft.transition(st.INVALID_SPEC, "InvalidSpec", error, warning=True)
+                self._delete(p for p in self.pods if not p.terminating)
+                self._count_workers(self.pods)
+            self.plan.invalid_spec = error
+            return
+        if self.draft.phase == st.INVALID_SPEC:
+            self.draft.transition(st.PENDING, "SpecFixed", "the spec is valid again")
+
+        # 2. Finished: clean up pods per cleanPodPolicy, delete the resource after its TTL.
+        if self.draft.phase in st.TERMINAL_PHASES:
+            self._finish_cleanup()
+            return
+
+        # 3. Suspended: no pods; resuming restarts the deadline clock.
+        suspend = decide_suspend(self.spec, self.draft.phase)
+        if suspend == "suspend" or (suspend is None and self.draft.phase == st.SUSPENDED):
+            self._delete(p for p in self.pods if not p.terminating)
+            self._delete_stuck(self.pods)
+            self.draft.transition(st.SUSPENDED, "Suspended", "spec.suspend is true: the gang is deleted")
+            self._count_workers([])
+            return
+        if suspend == "resume":
+            self.draft.transition(st.PENDING, "Resumed", "spec.suspend is false: recreating the gang")
+            self.draft.fields.pop("startTime", None)
+
+        # 4. Which gangs to run (an Export waits for its Train's checkpoint first).
+        checkpoint, ready = self._export_source()
+        if not ready:
+            return
+        stages = build_stages(self.observed.body, self.observed.defaults, checkpoint)
+        self._record_progress_artifacts()
+
+        # 5. activeDeadlineSeconds since the (last resumed) start.
+        remaining = deadline_remaining(self.spec, self.draft.fields.get("startTime"), self.observed.now)
+        if remaining is not None and remaining <= 0:
+            limit = self.spec["activeDeadlineSeconds"]
+            self.draft.transition(st.FAILED, "DeadlineExceeded", f"activeDeadlineSeconds {limit} exceeded", True)
+            self._finish_cleanup(force_all_running=True)
+            return
+
+        # 6. Pods of earlier attempts must be gone before the next gang starts.
+        attempt = max([int(self.draft.fields.get("restarts", 0))] + [p.attempt for p in self.pods])
+        self.draft.fields["restarts"] = attempt
+        stale = [p for p in self.pods if p.attempt < attempt]
+        current = [p for p in self.pods if p.attempt == attempt]
+        self._delete(p for p in stale if not p.terminating)
+        self._delete_stuck(stale)
+
+        for stage in stages:
+            if stage.role in STAGE_CONDITIONS and self.draft.is_true(STAGE_CONDITIONS[stage.role]):
+                continue
+            stage_pods = [p for p in current if p.role == stage.role]
+            # 7. Failure policy: permanent -> Failed; otherwise restart the whole gang within backoffLimit.
+            decision = decide_failure(self.spec, attempt, stage_pods, self.observed.now)
+            if decision is not None:
+                self._apply_failure(decision, current, attempt)
+                return
+            # 8. Success policy: this gang is done; go on to the next stage or finish.
+            if stage_succeeded(stage, stage_pods):
+                self._record_stage(stage, stage_pods)
+                continue
+            # 9. Create what is missing, then derive the phase from what runs.
+            self._run_stage(stage, stage_pods, attempt, waiting_for_stale=bool(stale))
+            return
+        self.draft.transition(st.SUCCEEDED, "Succeeded", "all pods exited 0")
+        self._count_workers(current)
+        self._finish_cleanup()
+
+    # -- steps -------------------------------------------------------------------------------------
+
+    def _export_source(self) -> tuple[str | None, bool]:
+        if meta.kind_info(self.observed.body).task != "export":
+            return None, True
+        if self.spec.get("checkpoint"):
+            return self.spec["checkpoint"], True
+        ref = self.spec["trainRef"]
+        train = self.observed.train
+        if train is None:
+            self._wait_for_train("TrainNotFound", f"Mask2FormerTrain {ref!r} does not exist (yet)")
+            return None, False
+        train_status = train.get("status") or {}
+        phase = train_status.get("phase", st.PENDING)
+        if phase == st.FAILED:
+            self.draft.transition(st.FAILED, "TrainFailed", f"Mask2FormerTrain {ref!r} failed", warning=True)
+            self._finish_cleanup()
+            return None, False
+        if phase != st.SUCCEEDED:
+            self._wait_for_train("TrainNotSucceeded", f"waiting for Mask2FormerTrain {ref!r} (phase {phase})")
+            return None, False
+        checkpoint = (train_status.get("artifacts") or {}).get("latestCheckpoint")
+        if not checkpoint:
+            message = f"Mask2FormerTrain {ref!r} succeeded without reporting a checkpoint (status.artifacts.latestCheckpoint)"
+            self.draft.transition(st.FAILED, "NoCheckpoint", message, warning=True)
+            return None, False
+        if self.draft.is_true(st.WAITING_FOR_TRAIN):
+            self.draft.set_condition(st.WAITING_FOR_TRAIN, False, "TrainSucceeded", f"exporting {checkpoint}")
+        return checkpoint, True
+
+    def _wait_for_train(self, reason: str, message: str) -> None:
+        self.draft.transition(st.WAITING_FOR_TRAIN, reason, message)
+        self._count_workers([])
+
+    def _apply_failure(self, decision, current: list[PodView], attempt: int) -> None:
+        if decision.action == "fail":
+            self.draft.transition(st.FAILED, decision.reason, decision.message, warning=True)
+            self._count_workers(current)
+            self._finish_cleanup(forced=decision.force_delete)
+            return
+        # Whole-gang restart: every pod of this attempt goes (force where its node is lost); the next
+        # reconcile that sees none of them left creates attempt+1, which resumes from the checkpoint.
+        self.draft.fields["restarts"] = attempt + 1
+        self.draft.transition(st.RESTARTING, decision.reason, f"restart {attempt + 1}: {decision.message}", True)
+        self.plan.gang_restarted = True
+        for pod in current:
+            if pod.name in decision.force_delete:
+                self.plan.deletes.append((pod.name, True))
+            elif not pod.terminating:
+                self.plan.deletes.append((pod.name, False))
+        self._count_workers(current)
+
+    def _record_stage(self, stage: Stage, stage_pods: list[PodView]) -> None:
+        rank0 = next((p for p in stage_pods if p.index == 0), None)
+        summary = st.parse_summary(rank0.message if rank0 else "")
+        artifacts = dict(self.draft.fields.get("artifacts") or {})
+        reported = summary.get("artifacts") if isinstance(summary.get("artifacts"), dict) else {}
+        if reported.get("checkpoint"):
+            artifacts["latestCheckpoint"] = str(reported["checkpoint"])
+        if reported.get("metrics_file"):
+            artifacts["metricsFile"] = str(reported["metrics_file"])
+        if stage.role == "onnx":
+            artifacts["onnxFile"] = str(reported.get("onnx_file") or onnx_path(self.observed.body, self.observed.defaults))
+        if stage.role == "trt":
+            artifacts["engineFile"] = str(reported.get("trt_engine") or engine_path(self.observed.body, self.observed.defaults))
+        self.draft.fields["artifacts"] = artifacts
+        metrics = summary.get("metrics")
+        if isinstance(metrics, dict):
+            self.draft.fields["metrics"] = {
+                str(k): float(v) for k, v in metrics.items() if isinstance(v, (int, float)) and not isinstance(v, bool)
+            }
+        condition = STAGE_CONDITIONS.get(stage.role)
+        if condition:
+            path = artifacts["onnxFile"] if stage.role == "onnx" else artifacts["engineFile"]
+            self.draft.set_condition(condition, True, condition, path)
+            self.draft.emit(condition, f"{stage.task} wrote {path}")
+
+    def _run_stage(self, stage: Stage, stage_pods: list[PodView], attempt: int, waiting_for_stale: bool) -> None:
+        body = self.observed.body
+        if waiting_for_stale:
+            # Still Restarting: the previous gang has not released its names yet.
+            self._count_workers(stage_pods)
+            return
+        present = {p.index for p in stage_pods}
+        missing = [i for i in range(stage.replicas) if i not in present]
+        if missing:
+            gang = build_gang(body, stage, attempt, self.observed.defaults)
+            # ConfigMap and Service are idempotent creates (AlreadyExists is fine): no read needed.
+            self.plan.creates += [build_configmap(body, self.observed.defaults.results_root), build_service(body)]
+            self.plan.creates += [gang[i] for i in missing]
+            self.draft.fields.setdefault("startTime", format_time(self.observed.now))
+            if not self.draft.is_true(st.CREATED) or self.draft.phase in (st.PENDING, st.RESTARTING):
+                self.draft.set_condition(st.CREATED, True, "GangCreated", f"{stage.role} gang, attempt {attempt}")
+                self.draft.emit("GangCreated", f"created {len(missing)} {stage.role} pod(s), attempt {attempt}")
+            if self.draft.phase != st.RUNNING:
+                self.draft.fields["phase"] = st.CREATED
+        running = [p for p in stage_pods if p.phase == "Running" and not p.terminating]
+        if len(running) == stage.replicas:
+            self.draft.transition(st.RUNNING, "AllPodsRunning", f"{stage.replicas} {stage.role} pod(s) running")
+        self._count_workers(stage_pods, created=len(missing))
+
+    def _record_progress_artifacts(self) -> None:
+        artifacts = dict(self.draft.fields.get("artifacts") or {})
+        artifacts.setdefault("resultsDir", meta.results_dir(self.observed.body, self.observed.defaults.results_root))
+        # Rank 0 reports its latest checkpoint in status.progress while training.
+        progress_checkpoint = (self.status.get("progress") or {}).get("checkpoint")
+        if progress_checkpoint:
+            artifacts["latestCheckpoint"] = str(progress_checkpoint)
+        self.draft.fields["artifacts"] = artifacts
+
+    def _finish_cleanup(self, forced: frozenset[str] = frozenset(), force_all_running: bool = False) -> None:
+        doomed = set(pods_to_clean(self.spec, self.pods))
+        if force_all_running:
+            doomed |= {p.name for p in self.pods if p.active}
+        for pod in self.pods:
+            if pod.name in forced:
+                self.plan.deletes.append((pod.name, True))
+            elif pod.name in doomed:
+                self.plan.deletes.append((pod.name, False))
+        self._delete_stuck(p for p in self.pods if p.name not in forced)
+        remaining = ttl_remaining(self.spec, self.draft.fields.get("completionTime"), self.observed.now)
+        if remaining is not None and remaining <= 0:
+            self.plan.delete_resource = True
+        if "workers" not in self.draft.fields:
+            self._count_workers(self.pods)
+
+    def _delete(self, pods) -> None:
+        self.plan.deletes += [(p.name, False) for p in pods]
+
+    def _delete_stuck(self, pods) -> None:
+        self.plan.deletes += [(p.name, True) for p in pods if p.stuck_terminating(self.observed.now)]
+
+    def _count_workers(self, pods: list[PodView], created: int = 0) -> None:
+        self.draft.fields["workers"] = {
+            "active": sum(1 for p in pods if p.active) + created,
+            "succeeded": sum(1 for p in pods if p.phase == "Succeeded"),
+            "failed": sum(1 for p in pods if p.phase == "Failed"),
+        }

@@ -1,0 +1,113 @@
+"""Status bookkeeping: phases, conditions (lastTransitionTime moves only on change), transitions, events."""
+
+from __future__ import annotations
+
+import copy
+import json
+from dataclasses import dataclass, field
+from datetime import datetime
+
+from m2f_operator.policies.observe import format_time
+
+PENDING = "Pending"
+CREATED = "Created"
+RUNNING = "Running"
+RESTARTING = "Restarting"
+SUSPENDED = "Suspended"
+SUCCEEDED = "Succeeded"
+FAILED = "Failed"
+INVALID_SPEC = "InvalidSpec"
+WAITING_FOR_TRAIN = "WaitingForTrain"
+TERMINAL_PHASES = frozenset({SUCCEEDED, FAILED})
+
+# Conditions that describe "what is happening now": only one of them is True at a time.
+_EXCLUSIVE = (RUNNING, RESTARTING, SUSPENDED, WAITING_FOR_TRAIN, INVALID_SPEC)
+
+# Fields of .status the operator owns; `progress` belongs to the trainer's rank 0, `kopf` to kopf.
+OWNED_FIELDS = (
+    "phase", "message", "conditions", "observedGeneration", "restarts", "startTime",
+    "completionTime", "workers", "artifacts", "metrics",
+)
+
+
+@dataclass(frozen=True)
+class Event:
+    type: str  # Normal | Warning
+    reason: str
+    message: str
+
+
+@dataclass
+class StatusDraft:
+    """The status being derived during one reconcile; written once at its end."""
+
+    fields: dict
+    now: datetime
+    events: list[Event] = field(default_factory=list)
+
+    @classmethod
+    def start(cls, status: dict | None, generation: int | None, now: datetime) -> StatusDraft:
+        owned = {key: copy.deepcopy(value) for key, value in (status or {}).items() if key in OWNED_FIELDS}
+        owned.setdefault("phase", PENDING)
+        owned.setdefault("conditions", [])
+        owned.setdefault("restarts", 0)
+        if generation is not None:
+            owned["observedGeneration"] = generation
+        return cls(owned, now)
+
+    @property
+    def phase(self) -> str:
+        return self.fields["phase"]
+
+    def condition(self, type_: str) -> dict | None:
+        return next((c for c in self.fields["conditions"] if c["type"] == type_), None)
+
+    def is_true(self, type_: str) -> bool:
+        cond = self.condition(type_)
+        return bool(cond and cond["status"] == "True")
+
+    def set_condition(self, type_: str, status: bool, reason: str, message: str = "") -> None:
+        value = "True" if status else "False"
+        cond = self.condition(type_)
+        if cond is None:
+            cond = {"type": type_, "lastTransitionTime": format_time(self.now)}
+            self.fields["conditions"].append(cond)
+        elif cond["status"] != value:
+            cond["lastTransitionTime"] = format_time(self.now)
+        cond.update(status=value, reason=reason, message=message)
+
+    def transition(self, phase: str, reason: str, message: str = "", warning: bool = False) -> None:
+        """Move to `phase` (its condition True, other 'now' conditions False); an Event when it changes."""
+        changed = self.fields["phase"] != phase
+        self.fields["phase"] = phase
+        self.fields["message"] = message
+        if phase != PENDING:
+            self.set_condition(phase, True, reason, message)
+        for other in _EXCLUSIVE:
+            if other != phase and self.is_true(other):
+                self.set_condition(other, False, reason, message)
+        if changed:
+            self.emit(reason, message or f"phase {phase}", warning)
+        if phase in TERMINAL_PHASES and not self.fields.get("completionTime"):
+            self.fields["completionTime"] = format_time(self.now)
+
+    def emit(self, reason: str, message: str, warning: bool = False) -> None:
+        self.events.append(Event("Warning" if warning else "Normal", reason, message))
+
+    def patch_against(self, status: dict | None) -> dict:
+        """The merge patch turning the observed status into this draft (empty: nothing to write)."""
+        current = status or {}
+        patch = {key: value for key, value in self.fields.items() if current.get(key) != value}
+        for key in OWNED_FIELDS:
+            if key in current and key not in self.fields:
+                patch[key] = None
+        return patch
+
+
+def parse_summary(message: str) -> dict:
+    """The trainer's termination message: a JSON object {"metrics": {...}, "artifacts": {...}}, or not JSON."""
+    try:
+        summary = json.loads(message)
+    except (TypeError, ValueError):
+        return {}
+    return summary if isinstance(summary, dict) else {}

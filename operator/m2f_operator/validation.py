@@ -1,0 +1,101 @@
+"""Spec validation: operator-level fields here, spec.experiment through the trainer's pure config module."""
+
+from __future__ import annotations
+
+import functools
+
+import yaml
+
+from m2f_operator.builders import meta
+from m2f_operator.policies.cleanup import CLEAN_POD_POLICIES
+
+TENSORRT_PRECISIONS = ("fp32", "fp16")
+
+
+@functools.lru_cache(maxsize=512)
+def _experiment_error(experiment_yaml: str, overrides: tuple[str, ...]) -> str | None:
+    # Imported lazily: the config module is pure Python (no torch), but only validation needs it.
+    from m2f_trainer.config import config_from_dict
+    from m2f_trainer.errors import UserError
+
+    try:
+        config_from_dict(yaml.safe_load(experiment_yaml), overrides, source="spec.experiment")
+    except UserError as exc:
+        return str(exc)
+    return None
+
+
+def experiment_error(experiment: dict, overrides: tuple[str, ...] = ()) -> str | None:
+    """The trainer's own validation, cached: the experiment is immutable once created."""
+    return _experiment_error(yaml.safe_dump(experiment, sort_keys=True), tuple(overrides))
+
+
+def _non_negative_int(spec: dict, key: str, minimum: int = 0) -> str | None:
+    value = spec.get(key)
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        return f"spec.{key}: must be an integer >= {minimum}, got {value!r}"
+    return None
+
+
+def _exit_codes(spec: dict, key: str) -> str | None:
+    codes = spec.get(key)
+    if codes is None:
+        return None
+    if not isinstance(codes, list) or not all(isinstance(c, int) and not isinstance(c, bool) and 0 < c < 256 for c in codes):
+        return f"spec.{key}: must be a list of exit codes 1..255, got {codes!r}"
+    if key == "retryableExitCodes" and set(codes) & meta.BUILTIN_PERMANENT_EXIT_CODES:
+        return f"spec.{key}: exit code 2 means invalid spec/data and is always permanent"
+    return None
+
+
+def _export_error(spec: dict) -> str | None:
+    has_ref, has_checkpoint = bool(spec.get("trainRef")), bool(spec.get("checkpoint"))
+    if has_ref == has_checkpoint:
+        return "spec: set exactly one of spec.trainRef and spec.checkpoint"
+    trt = spec.get("tensorRT") or {}
+    precision = str(trt.get("precision", "fp16")).lower()
+    if precision not in TENSORRT_PRECISIONS:
+        return f"spec.tensorRT.precision: {trt.get('precision')!r} is not one of {', '.join(TENSORRT_PRECISIONS)}"
+    batches = [trt.get(k, 1) for k in ("minBatch", "optBatch", "maxBatch")]
+    if not all(isinstance(b, int) and not isinstance(b, bool) and b >= 1 for b in batches):
+        return f"spec.tensorRT: minBatch/optBatch/maxBatch must be integers >= 1, got {batches}"
+    if not batches[0] <= batches[1] <= batches[2]:
+        return f"spec.tensorRT: need minBatch <= optBatch <= maxBatch, got {batches}"
+    return None
+
+
+def spec_error(body: dict) -> str | None:
+    """The first problem with the resource, naming the field; None when it can run."""
+    name = body["metadata"]["name"]
+    if len(name) > meta.MAX_NAME_LENGTH or not meta.NAME_PATTERN.match(name):
+        return (
+            f"metadata.name: {name!r} must be a DNS-1035 label of at most {meta.MAX_NAME_LENGTH} characters "
+            "(it names the headless Service and the worker hostnames)"
+        )
+    spec = body.get("spec") or {}
+    info = meta.kind_info(body)
+    experiment = spec.get("experiment")
+    if not isinstance(experiment, dict):
+        return "spec.experiment: required (the trainer's experiment spec)"
+    for check in (
+        _non_negative_int(spec, "nodes", 1),
+        _non_negative_int(spec, "gpusPerNode"),
+        _non_negative_int(spec, "backoffLimit"),
+        _non_negative_int(spec, "activeDeadlineSeconds", 1),
+        _non_negative_int(spec, "ttlSecondsAfterFinished"),
+        _exit_codes(spec, "permanentExitCodes"),
+        _exit_codes(spec, "retryableExitCodes"),
+    ):
+        if check:
+            return check
+    if info.task != "train" and spec.get("nodes", 1) != 1:
+        return f"spec.nodes: {info.kind} runs on one node, got {spec['nodes']}"
+    if spec.get("cleanPodPolicy", "Running") not in CLEAN_POD_POLICIES:
+        return f"spec.cleanPodPolicy: {spec['cleanPodPolicy']!r} is not one of {', '.join(CLEAN_POD_POLICIES)}"
+    if info.task == "export":
+        error = _export_error(spec)
+        if error:
+            return error
+    return experiment_error(experiment)
