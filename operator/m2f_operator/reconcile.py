@@ -110,7 +110,7 @@ class _Reconciler:
         if not ready:
             return
         stages = build_stages(self.observed.body, self.observed.defaults, checkpoint)
-        self._record_progress_artifacts()
+        self._record_results_dir()
 
         # 5. activeDeadlineSeconds since the (last resumed) start.
         remaining = deadline_remaining(self.spec, self.draft.fields.get("startTime"), self.observed.now)
@@ -207,6 +207,8 @@ class _Reconciler:
         reported = summary.get("artifacts") if isinstance(summary.get("artifacts"), dict) else {}
         if reported.get("checkpoint"):
             artifacts["latestCheckpoint"] = str(reported["checkpoint"])
+        elif stage.task == "train":
+            artifacts["latestCheckpoint"] = f"{artifacts['resultsDir']}/{meta.TRAIN_LATEST_CHECKPOINT}"
         if reported.get("metrics_file"):
             artifacts["metricsFile"] = str(reported["metrics_file"])
         if stage.role == "onnx":
@@ -249,13 +251,9 @@ class _Reconciler:
             self.draft.transition(st.RUNNING, "AllPodsRunning", f"{stage.replicas} {stage.role} pod(s) running")
         self._count_workers(stage_pods, created=len(missing))
 
-    def _record_progress_artifacts(self) -> None:
+    def _record_results_dir(self) -> None:
         artifacts = dict(self.draft.fields.get("artifacts") or {})
         artifacts.setdefault("resultsDir", meta.results_dir(self.observed.body, self.observed.defaults.results_root))
-        # Rank 0 reports its latest checkpoint in status.progress while training.
-        progress_checkpoint = (self.status.get("progress") or {}).get("checkpoint")
-        if progress_checkpoint:
-            artifacts["latestCheckpoint"] = str(progress_checkpoint)
         self.draft.fields["artifacts"] = artifacts
 
     def _finish_cleanup(self, forced: frozenset[str] = frozenset(), force_all_running: bool = False) -> None:

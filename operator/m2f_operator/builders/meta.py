@@ -46,6 +46,8 @@ TERMINATION_MESSAGE_PATH = "/dev/termination-log"
 MASTER_PORT = 29500
 METRICS_PORT = 9091
 DEFAULT_RESULTS_ROOT = "/results"
+# The trainer publishes its latest checkpoint at <results_dir>/train/<this> (m2f_trainer.engine.checkpoints).
+TRAIN_LATEST_CHECKPOINT = "train/mask2former_model_latest.pth"
 DEFAULT_IMAGE = "ghcr.io/mask2former-operator/trainer:0.1.0"
 DEFAULT_TRT_IMAGE = "ghcr.io/mask2former-operator/trt-builder:0.1.0"
 DEFAULT_WORKER_SERVICE_ACCOUNT = "mask2former-worker"

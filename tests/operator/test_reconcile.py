@@ -1,0 +1,222 @@
+"""Table-driven tests of the pure reconcile: (resource, pods, now) -> creates, deletes, status, events."""
+
+from __future__ import annotations
+
+import copy
+import json
+from datetime import timedelta
+
+import pytest
+from reconcile_factories import NOW, gang, iso, pod, resource
+
+from m2f_operator.reconcile import Observed, reconcile
+
+
+def applied(body: dict, plan) -> dict:
+    """The resource after the plan's status patch (merge-patch semantics: None deletes)."""
+    body = copy.deepcopy(body)
+    status = body.setdefault("status", {})
+    for key, value in plan.status_patch.items():
+        if value is None:
+            status.pop(key, None)
+        else:
+            status[key] = value
+    return body
+
+
+def run(body, pods=(), now=NOW, train=None):
+    return reconcile(Observed(body, list(pods), now, train))
+
+
+def condition(body_or_status, type_):
+    status = body_or_status.get("status", body_or_status)
+    return next((c for c in status.get("conditions", []) if c["type"] == type_), None)
+
+
+def test_new_train_creates_configmap_service_and_gang():
+    plan = run(resource(nodes=2))
+    kinds = [(m["kind"], m["metadata"]["name"]) for m in plan.creates]
+    assert kinds == [("ConfigMap", "run-experiment"), ("Service", "run"), ("Pod", "run-worker-0"), ("Pod", "run-worker-1")]
+    assert plan.phase == "Created" and plan.deletes == []
+    status = plan.status_patch
+    assert status["startTime"] == iso(NOW) and status["observedGeneration"] == 1 and status["restarts"] == 0
+    assert condition(status, "Created")["status"] == "True"
+    assert status["workers"] == {"active": 2, "succeeded": 0, "failed": 0}
+    assert [e.reason for e in plan.events] == ["GangCreated"]
+
+
+def test_steady_state_is_idempotent_and_keeps_transition_times():
+    body = applied(resource(nodes=2), run(resource(nodes=2)))
+    running = applied(body, run(body, gang()))
+    assert running["status"]["phase"] == "Running"
+    first_transition = condition(running, "Running")["lastTransitionTime"]
+    again = run(running, gang(), now=NOW + timedelta(minutes=5))
+    assert again.creates == [] and again.deletes == [] and again.events == [] and again.status_patch == {}
+    assert condition(applied(running, again), "Running")["lastTransitionTime"] == first_transition
+
+
+def test_partial_gang_is_completed_without_touching_existing_pods():
+    body = applied(resource(nodes=3), run(resource(nodes=3)))
+    plan = run(body, [pod(index=0), pod(index=2, phase="Pending")])
+    assert [m["metadata"]["name"] for m in plan.creates if m["kind"] == "Pod"] == ["run-worker-1"]
+    assert plan.deletes == []
+
+
+def test_success_records_artifacts_and_completion():
+    body = applied(resource(nodes=2), run(resource(nodes=2)))
+    plan = run(body, gang(phase="Succeeded", exit_code=0))
+    assert plan.phase == "Succeeded"
+    status = applied(body, plan)["status"]
+    assert status["completionTime"] == iso(NOW)
+    assert status["artifacts"]["latestCheckpoint"] == "/results/train/run/train/mask2former_model_latest.pth"
+    assert status["workers"] == {"active": 0, "succeeded": 2, "failed": 0}
+    assert plan.deletes == []  # finished pods stay for their logs (cleanPodPolicy Running)
+
+
+def test_gang_restart_then_recreate_with_next_attempt():
+    body = applied(resource(nodes=2), run(resource(nodes=2)))
+    plan = run(body, [pod(index=0), pod(index=1, phase="Failed", exit_code=1, message="NCCL timeout")])
+    assert plan.phase == "Restarting" and plan.gang_restarted
+    assert sorted(plan.deletes) == [("run-worker-0", False), ("run-worker-1", False)]
+    assert plan.creates == []
+    restarting = applied(body, plan)
+    assert restarting["status"]["restarts"] == 1
+    assert "NCCL timeout" in condition(restarting, "Restarting")["message"]
+    # Old pods still terminating: wait, do not recreate the same names.
+    waiting = run(restarting, gang(deleting_since=timedelta(seconds=-20)))
+    assert waiting.creates == [] and waiting.phase == "Restarting" and not waiting.gang_restarted
+    # All gone: attempt 1 is created.
+    recreate = run(restarting, [])
+    pods = [m for m in recreate.creates if m["kind"] == "Pod"]
+    assert [p["metadata"]["labels"]["mask2former.io/attempt"] for p in pods] == ["1", "1"]
+    assert recreate.status_patch.get("restarts") is None  # unchanged: still 1
+
+
+def test_failed_pods_of_an_old_attempt_do_not_count_again():
+    body = resource(nodes=2, status={"phase": "Restarting", "restarts": 1, "conditions": []})
+    plan = run(body, gang(phase="Failed", exit_code=1, attempt=0))
+    assert plan.phase == "Restarting" and not plan.gang_restarted and plan.creates == []
+    assert "restarts" not in plan.status_patch
+    assert sorted(plan.deletes) == [("run-worker-0", False), ("run-worker-1", False)]
+
+
+def test_permanent_exit_code_fails_at_once_with_the_message():
+    body = applied(resource(nodes=2), run(resource(nodes=2)))
+    plan = run(body, [pod(index=0), pod(index=1, phase="Failed", exit_code=2, message="error: model.mode: 'x'")])
+    assert plan.phase == "Failed" and not plan.gang_restarted
+    failed = condition(applied(body, plan), "Failed")
+    assert failed["reason"] == "PermanentError" and "error: model.mode: 'x'" in failed["message"]
+    assert plan.deletes == [("run-worker-0", False)]  # the still-running worker
+
+
+def test_backoff_limit_is_never_exceeded():
+    body = resource(nodes=1, backoffLimit=2)
+    for expected_restarts in (1, 2):
+        body = applied(body, run(body, [pod(index=0, phase="Failed", exit_code=1, attempt=expected_restarts - 1)]))
+        assert body["status"]["restarts"] == expected_restarts and body["status"]["phase"] == "Restarting"
+    plan = run(body, [pod(index=0, phase="Failed", exit_code=1, attempt=2)])
+    final = applied(body, plan)
+    assert final["status"]["phase"] == "Failed" and final["status"]["restarts"] == 2
+    assert condition(final, "Failed")["reason"] == "BackoffLimitExceeded"
+
+
+def test_stuck_terminating_pod_restarts_the_gang_with_force():
+    body = applied(resource(nodes=2), run(resource(nodes=2)))
+    plan = run(body, [pod(index=0), pod(index=1, deleting_since=timedelta(minutes=3))])
+    assert plan.phase == "Restarting"
+    assert sorted(plan.deletes) == [("run-worker-0", False), ("run-worker-1", True)]
+
+
+def test_suspend_and_resume():
+    body = applied(resource(nodes=2), run(resource(nodes=2)))
+    body = applied(body, run(body, gang()))
+    body["spec"]["suspend"] = True
+    plan = run(body, gang())
+    assert plan.phase == "Suspended" and sorted(plan.deletes) == [("run-worker-0", False), ("run-worker-1", False)]
+    suspended = applied(body, plan)
+    assert run(suspended, []).creates == []
+    suspended["spec"]["suspend"] = False
+    resumed = run(suspended, [], now=NOW + timedelta(hours=1))
+    assert [m["metadata"]["name"] for m in resumed.creates if m["kind"] == "Pod"] == ["run-worker-0", "run-worker-1"]
+    assert resumed.status_patch["startTime"] == iso(NOW + timedelta(hours=1))
+    assert condition(applied(suspended, resumed), "Suspended")["status"] == "False"
+
+
+def test_active_deadline_fails_and_deletes_running_pods():
+    body = applied(resource(nodes=1, activeDeadlineSeconds=60), run(resource(nodes=1, activeDeadlineSeconds=60)))
+    plan = run(body, [pod(index=0)], now=NOW + timedelta(seconds=61))
+    assert plan.phase == "Failed" and condition(applied(body, plan), "Failed")["reason"] == "DeadlineExceeded"
+    assert plan.deletes == [("run-worker-0", False)]
+
+
+@pytest.mark.parametrize(("ttl", "after", "deleted"), [(30, 10, False), (30, 31, True), (None, 10_000, False)])
+def test_ttl_after_finished(ttl, after, deleted):
+    spec = {} if ttl is None else {"ttlSecondsAfterFinished": ttl}
+    body = resource(status={"phase": "Succeeded", "completionTime": iso(NOW), "conditions": []}, **spec)
+    assert run(body, [], now=NOW + timedelta(seconds=after)).delete_resource is deleted
+
+
+@pytest.mark.parametrize(
+    ("spec", "field"),
+    [
+        ({"experiment": {"model": {"mode": "bogus"}}}, "spec.experiment: model.mode"),
+        ({"nodes": 0}, "spec.nodes"),
+        ({"cleanPodPolicy": "Sometimes"}, "spec.cleanPodPolicy"),
+        ({"retryableExitCodes": [2]}, "spec.retryableExitCodes"),
+    ],
+)
+def test_invalid_spec_names_the_field_and_creates_nothing(spec, field):
+    plan = run(resource(**spec))
+    assert plan.creates == [] and plan.phase == "InvalidSpec"
+    assert plan.invalid_spec.startswith(field)
+    assert condition(plan.status_patch, "InvalidSpec")["message"].startswith(field)
+    assert [(e.type, e.reason) for e in plan.events] == [("Warning", "InvalidSpec")]
+
+
+def test_invalid_name():
+    plan = run(resource(name="9-starts-with-digit"))
+    assert plan.invalid_spec.startswith("metadata.name")
+
+
+def test_evaluate_metrics_from_the_termination_message():
+    body = resource("Mask2FormerEvaluate")
+    body = applied(body, run(body))
+    summary = json.dumps({"metrics": {"PQ": 41.5, "AP": 30.1, "mIoU": 52.0},
+                          "artifacts": {"metrics_file": "/results/evaluate/run/evaluate/metrics.json"}})
+    plan = run(body, [pod(index=0, phase="Succeeded", exit_code=0, message=summary)])
+    status = applied(body, plan)["status"]
+    assert status["phase"] == "Succeeded" and status["metrics"] == {"PQ": 41.5, "AP": 30.1, "mIoU": 52.0}
+    assert status["artifacts"]["metricsFile"] == "/results/evaluate/run/evaluate/metrics.json"
+
+
+def test_export_waits_for_train_then_onnx_then_engine():
+    body = resource("Mask2FormerExport", name="exp", trainRef="run", tensorRT={"enabled": True, "precision": "fp16"})
+    plan = run(body)
+    assert plan.phase == "WaitingForTrain" and plan.creates == []
+    train = resource(status={"phase": "Running"})
+    body = applied(body, plan)
+    assert run(body, train=train).phase == "WaitingForTrain"
+    train["status"] = {"phase": "Succeeded", "artifacts": {"latestCheckpoint": "/results/train/run/train/latest.pth"}}
+    plan = run(body, train=train)
+    (onnx,) = [m for m in plan.creates if m["kind"] == "Pod"]
+    assert onnx["metadata"]["name"] == "exp-onnx-0"
+    assert "export.checkpoint=/results/train/run/train/latest.pth" in onnx["spec"]["containers"][0]["command"]
+    body = applied(body, plan)
+    assert condition(body, "WaitingForTrain")["status"] == "False"
+    plan = run(body, [pod("exp", 0, "Succeeded", role="onnx", exit_code=0)], train=train)
+    (trt,) = [m for m in plan.creates if m["kind"] == "Pod"]
+    assert trt["metadata"]["name"] == "exp-trt-0"
+    body = applied(body, plan)
+    assert condition(body, "OnnxExported")["status"] == "True"
+    assert body["status"]["artifacts"]["onnxFile"] == "/results/export/exp/model.onnx"
+    plan = run(body, [pod("exp", 0, "Succeeded", role="onnx", exit_code=0),
+                      pod("exp", 0, "Succeeded", role="trt", exit_code=0)], train=train)
+    done = applied(body, plan)
+    assert done["status"]["phase"] == "Succeeded" and condition(done, "EngineBuilt")["status"] == "True"
+    assert done["status"]["artifacts"]["engineFile"] == "/results/export/exp/model.engine"
+
+
+def test_export_fails_when_its_train_failed():
+    body = resource("Mask2FormerExport", name="exp", trainRef="run")
+    plan = run(body, train=resource(status={"phase": "Failed"}))
+    assert plan.phase == "Failed" and condition(plan.status_patch, "Failed")["reason"] == "TrainFailed"
