@@ -9,7 +9,6 @@ from pathlib import Path
 
 import pytest
 import yaml
-
 from m2f_trainer.config import (
     ExperimentConfig,
     config_from_dict,
