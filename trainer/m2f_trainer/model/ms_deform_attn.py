@@ -1,0 +1,90 @@
+"""Multi-scale deformable attention (Deformable DETR) in pure PyTorch: grid_sample, no custom CUDA op."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+def ms_deform_attn_core(
+    value: torch.Tensor,
+    spatial_shapes: list[tuple[int, int]],
+    sampling_locations: torch.Tensor,
+    attention_weights: torch.Tensor,
+) -> torch.Tensor:
+    """The reference `ms_deform_attn_core_pytorch`.
+
+    value `[B, S, heads, D]`, sampling_locations `[B, Q, heads, L, P, 2]` in [0, 1] (x, y),
+    attention_weights `[B, Q, heads, L, P]` -> `[B, Q, heads*D]`.
+    """
+    batch, _, heads, head_dim = value.shape
+    _, queries, _, levels, points, _ = sampling_locations.shape
+    value_per_level = value.split([h * w for h, w in spatial_shapes], dim=1)
+    grids = 2 * sampling_locations - 1
+    # Accumulate level by level instead of stacking every level's samples: the stacked tensor
+    # (B*heads, D, Q, L*P) and its weighted copy are the largest activations of the pixel decoder.
+    output = None
+    for level, (height, width) in enumerate(spatial_shapes):
+        value_l = value_per_level[level].flatten(2).transpose(1, 2).reshape(batch * heads, head_dim, height, width)
+        grid_l = grids[:, :, :, level].transpose(1, 2).flatten(0, 1)  # [B*heads, Q, P, 2]
+        sampled = F.grid_sample(value_l, grid_l, mode="bilinear", padding_mode="zeros", align_corners=False)
+        weights_l = attention_weights[:, :, :, level].transpose(1, 2).reshape(batch * heads, 1, queries, points)
+        contribution = (sampled * weights_l).sum(-1)  # [B*heads, D, Q]
+        output = contribution if output is None else output + contribution
+    return output.view(batch, heads * head_dim, queries).transpose(1, 2).contiguous()
+
+
+class MSDeformAttn(nn.Module):
+    """Deformable attention over `n_levels` feature maps with `n_points` samples per head and level."""
+
+    def __init__(self, d_model: int = 256, n_levels: int = 3, n_heads: int = 8, n_points: int = 4):
+        super().__init__()
+        if d_model % n_heads:
+            raise ValueError(f"d_model {d_model} must be divisible by n_heads {n_heads}")
+        self.d_model, self.n_levels, self.n_heads, self.n_points = d_model, n_levels, n_heads, n_points
+        self.sampling_offsets = nn.Linear(d_model, n_heads * n_levels * n_points * 2)
+        self.attention_weights = nn.Linear(d_model, n_heads * n_levels * n_points)
+        self.value_proj = nn.Linear(d_model, d_model)
+        self.output_proj = nn.Linear(d_model, d_model)
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        # As Deformable DETR: offsets start on a ring of directions, one per head, growing with the point index.
+        nn.init.constant_(self.sampling_offsets.weight, 0.0)
+        thetas = torch.arange(self.n_heads, dtype=torch.float32) * (2.0 * math.pi / self.n_heads)
+        grid = torch.stack([thetas.cos(), thetas.sin()], -1)
+        grid = (grid / grid.abs().max(-1, keepdim=True)[0]).view(self.n_heads, 1, 1, 2)
+        grid = grid.repeat(1, self.n_levels, self.n_points, 1)
+        for i in range(self.n_points):
+            grid[:, :, i, :] *= i + 1
+        with torch.no_grad():
+            self.sampling_offsets.bias.copy_(grid.view(-1))
+        nn.init.constant_(self.attention_weights.weight, 0.0)
+        nn.init.constant_(self.attention_weights.bias, 0.0)
+        nn.init.xavier_uniform_(self.value_proj.weight)
+        nn.init.constant_(self.value_proj.bias, 0.0)
+        nn.init.xavier_uniform_(self.output_proj.weight)
+        nn.init.constant_(self.output_proj.bias, 0.0)
+
+    def forward(
+        self,
+        query: torch.Tensor,
+        reference_points: torch.Tensor,
+        input_flatten: torch.Tensor,
+        spatial_shapes: list[tuple[int, int]],
+    ) -> torch.Tensor:
+        """query `[B, Q, C]`, reference_points `[B, Q, L, 2]`, input_flatten `[B, S, C]` -> `[B, Q, C]`."""
+        batch, queries, _ = query.shape
+        head_dim = self.d_model // self.n_heads
+        value = self.value_proj(input_flatten).view(batch, -1, self.n_heads, head_dim)
+        offsets = self.sampling_offsets(query).view(batch, queries, self.n_heads, self.n_levels, self.n_points, 2)
+        weights = self.attention_weights(query).view(batch, queries, self.n_heads, self.n_levels * self.n_points)
+        weights = weights.softmax(-1).view(batch, queries, self.n_heads, self.n_levels, self.n_points)
+        # (width, height) per level: offsets are in pixels of each level, locations in [0, 1].
+        normalizer = torch.tensor([[w, h] for h, w in spatial_shapes], dtype=query.dtype, device=query.device)
+        locations = reference_points[:, :, None, :, None, :] + offsets / normalizer[None, None, None, :, None, :]
+        output = ms_deform_attn_core(value, spatial_shapes, locations, weights)
+        return self.output_proj(output)
