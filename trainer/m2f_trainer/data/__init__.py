@@ -1,0 +1,1 @@
+"""Datasets (COCO panoptic, COCO instance, semantic/ADE), transforms, collate, datamodule, synth, check."""

@@ -1,0 +1,217 @@
+"""The common dataset layer: raw annotations of one image -> transformed training/evaluation sample."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from torch.utils.data import Dataset
+from torchvision import tv_tensors
+
+from m2f_trainer.data.io import read_image
+from m2f_trainer.data.label_map import IGNORE_INDEX, LabelMap
+from m2f_trainer.errors import DataError
+
+
+@dataclass
+class ImageRecord:
+    """What a loader knows about one image before reading any pixels."""
+
+    image_id: int | str
+    image_path: Path
+    height: int | None = None
+    width: int | None = None
+    extra: dict = field(default_factory=dict)
+
+
+@dataclass
+class RawAnnotation:
+    """One image's ground truth at file resolution, in one of two layouts.
+
+    ``segment_map`` (panoptic, semantic): int [H,W], 0 = unlabelled, k = segment k-1; non-overlapping
+    segments transform as ONE mask, which is much cheaper than a stack. ``masks`` (COCO instances,
+    which may overlap): uint8 [N,H,W].
+    """
+
+    labels: torch.Tensor  # int64 [N] training classes
+    is_crowd: torch.Tensor  # bool [N]
+    segment_map: torch.Tensor | None = None
+    masks: torch.Tensor | None = None
+    segment_ids: list[int] = field(default_factory=list)  # raw segment / annotation ids, for reports
+
+    def __len__(self) -> int:
+        return int(self.labels.numel())
+
+    def merged_by_class(self) -> RawAnnotation:
+        """One segment per class (semantic training on panoptic / instance data); crowd counts too."""
+        classes, inverse = torch.unique(self.labels, return_inverse=True)
+        no_crowd = torch.zeros(len(classes), dtype=torch.bool)
+        if self.masks is not None:
+            merged = torch.zeros((len(classes), *self.masks.shape[1:]), dtype=torch.uint8)
+            merged.index_add_(0, inverse, self.masks)
+            return RawAnnotation(classes, no_crowd, masks=merged.clamp_(max=1), segment_ids=classes.tolist())
+        lookup = torch.cat([torch.zeros(1, dtype=torch.int64), inverse + 1]).to(self.segment_map.dtype)
+        return RawAnnotation(classes, no_crowd, segment_map=lookup[self.segment_map.long()], segment_ids=classes.tolist())
+
+    def select(self, keep: torch.Tensor) -> RawAnnotation:
+        """Keep the segments where ``keep`` (bool [N]) is true; the others become unlabelled."""
+        if bool(keep.all()):
+            return self
+        ids = [i for i, k in zip(self.segment_ids, keep.tolist(), strict=True) if k]
+        if self.masks is not None:
+            return RawAnnotation(self.labels[keep], self.is_crowd[keep], masks=self.masks[keep], segment_ids=ids)
+        # Renumber the kept segments 1..M and send the dropped ones to 0 through a lookup table.
+        lookup = torch.zeros(len(self) + 1, dtype=self.segment_map.dtype)
+        lookup[1:][keep] = torch.arange(1, int(keep.sum()) + 1, dtype=self.segment_map.dtype)
+        segment_map = lookup[self.segment_map.long()]
+        return RawAnnotation(self.labels[keep], self.is_crowd[keep], segment_map=segment_map, segment_ids=ids)
+
+
+def segment_map_dtype(num_segments: int) -> torch.dtype:
+    # uint8 maps resize ~5x faster than int32 ones (torch has a dedicated uint8 nearest kernel).
+    return torch.uint8 if num_segments < 255 else torch.int32
+
+
+def binary_masks(annotation: RawAnnotation) -> torch.Tensor:
+    """bool [N,H,W] masks of the annotation's segments."""
+    if annotation.masks is not None:
+        return annotation.masks.bool()
+    ids = torch.arange(1, len(annotation) + 1, dtype=annotation.segment_map.dtype)
+    return annotation.segment_map.unsqueeze(0) == ids.view(-1, 1, 1)
+
+
+def semantic_map(annotation: RawAnnotation, height: int, width: int) -> torch.Tensor:
+    """int64 [H,W] class per pixel, IGNORE_INDEX where nothing is labelled."""
+    if annotation.segment_map is not None:
+        lookup = torch.cat([torch.tensor([IGNORE_INDEX]), annotation.labels])
+        return lookup[annotation.segment_map.long()]
+    sem_seg = torch.full((height, width), IGNORE_INDEX, dtype=torch.int64)
+    # Later instances paint over earlier ones, as COCO's own semantic conversions do.
+    for mask, label in zip(annotation.masks.bool(), annotation.labels.tolist(), strict=True):
+        sem_seg[mask] = label
+    return sem_seg
+
+
+class SegmentationDataset(Dataset):
+    """Base of every loader: subclasses list ImageRecords and read one image's RawAnnotation.
+
+    ``transforms`` takes and returns ``{"image": tv_tensors.Image uint8, "segment_map": Mask|None,
+    "masks": Mask|None}`` (see m2f_trainer.data.transforms); ``drop_crowd`` removes crowd segments
+    before transforms (training). Without transforms the image stays uint8 and unnormalised.
+    ``mode`` shapes the targets for the model mode: ``instance`` keeps thing segments only,
+    ``semantic`` merges the segments of a class into one, ``panoptic`` keeps them as annotated.
+    """
+
+    kind = "base"
+
+    def __init__(
+        self,
+        label_map: LabelMap,
+        transforms: Callable[[dict], dict] | None = None,
+        drop_crowd: bool = False,
+        mode: str = "panoptic",
+    ):
+        if mode not in ("panoptic", "instance", "semantic"):
+            raise ValueError(f"mode must be panoptic, instance or semantic, not {mode!r}")
+        self.label_map = label_map
+        self.transforms = transforms
+        self.drop_crowd = drop_crowd
+        self.mode = mode
+        self.records: list[ImageRecord] = []
+        # Problems found while indexing (non-strict mode); strict loaders raise on the first one.
+        self.problems: list[str] = []
+
+    def __len__(self) -> int:
+        return len(self.records)
+
+    def load_annotation(self, index: int, height: int, width: int) -> RawAnnotation:
+        raise NotImplementedError
+
+    def _report(self, problem: str, strict: bool) -> None:
+        if strict:
+            raise DataError(problem)
+        self.problems.append(problem)
+
+    # ---------------------------------------------------------------------------------- loading
+
+    def _load(self, index: int) -> tuple[ImageRecord, torch.Tensor, RawAnnotation]:
+        record = self.records[index]
+        image = read_image(record.image_path)
+        height, width = image.shape[-2:]
+        if record.height is not None and (record.height, record.width) != (height, width):
+            raise DataError(
+                f"image {record.image_path} is {height}x{width} but its annotation says "
+                f"{record.height}x{record.width} (image id {record.image_id})"
+            )
+        return record, image, self.load_annotation(index, height, width)
+
+    def raw_sample(self, index: int) -> dict:
+        """The untransformed sample at file resolution: uint8 image, bool masks, labels, sem_seg, meta.
+
+        Evaluators use it for ground truth at the original size; it never drops crowd segments.
+        """
+        record, image, annotation = self._load(index)
+        height, width = image.shape[-2:]
+        return {
+            "image": image,
+            "masks": binary_masks(annotation),
+            "labels": annotation.labels,
+            "is_crowd": annotation.is_crowd,
+            "sem_seg": semantic_map(annotation, height, width),
+            "segment_ids": annotation.segment_ids,
+            "meta": self._meta(record, (height, width), (height, width)),
+        }
+
+    def __getitem__(self, index: int) -> dict:
+        record, image, annotation = self._load(index)
+        orig_size = tuple(image.shape[-2:])
+        annotation = self._for_mode(annotation)
+        data = {
+            "image": tv_tensors.Image(image),
+            "segment_map": None if annotation.segment_map is None else tv_tensors.Mask(annotation.segment_map),
+            "masks": None if annotation.masks is None else tv_tensors.Mask(annotation.masks),
+        }
+        if self.transforms is not None:
+            data = self.transforms(data)
+        annotation.segment_map = None if data["segment_map"] is None else data["segment_map"].as_subclass(torch.Tensor)
+        annotation.masks = None if data["masks"] is None else data["masks"].as_subclass(torch.Tensor)
+        image_out = data["image"].as_subclass(torch.Tensor)
+        height, width = image_out.shape[-2:]
+        annotation = annotation.select(_non_empty(annotation))
+        return {
+            "image": image_out,
+            "masks": binary_masks(annotation),
+            "labels": annotation.labels,
+            "is_crowd": annotation.is_crowd,
+            "sem_seg": semantic_map(annotation, height, width),
+            "meta": self._meta(record, orig_size, (height, width)),
+        }
+
+    def _for_mode(self, annotation: RawAnnotation) -> RawAnnotation:
+        if self.mode == "semantic":
+            return annotation.merged_by_class()
+        if self.drop_crowd:
+            annotation = annotation.select(~annotation.is_crowd)
+        if self.mode == "instance":
+            things = set(self.label_map.thing_classes)
+            annotation = annotation.select(torch.tensor([int(c) in things for c in annotation.labels], dtype=torch.bool))
+        return annotation
+
+    def _meta(self, record: ImageRecord, orig_size: tuple, image_size: tuple) -> dict:
+        return {
+            "image_id": record.image_id,
+            "file_name": str(record.image_path),
+            "orig_size": (int(orig_size[0]), int(orig_size[1])),
+            "image_size": (int(image_size[0]), int(image_size[1])),
+            **record.extra,
+        }
+
+
+def _non_empty(annotation: RawAnnotation) -> torch.Tensor:
+    """bool [N]: which segments still cover a pixel after crop / resize."""
+    if annotation.masks is not None:
+        return annotation.masks.flatten(1).any(1) if len(annotation) else torch.zeros(0, dtype=torch.bool)
+    counts = torch.bincount(annotation.segment_map.flatten().long(), minlength=len(annotation) + 1)
+    return counts[1 : len(annotation) + 1] > 0
