@@ -190,6 +190,8 @@ def test_cross_field_checks():
                                                           "out_features": ["res3", "res4", "res5"]}}}})
     assert "not produced by the backbone" in message
     assert "train.gpu_ids" in spec_error({"train": {"gpu_ids": [1, 1]}})
+    message = spec_error({"train": {"optim": {"lr_scheduler": "StepLR", "milestones": []}}})
+    assert "train.optim.milestones: is empty" in message
 
 
 def test_missing_file_and_bad_yaml_name_the_file(tmp_path):
@@ -287,6 +289,8 @@ def test_split_types_inherit_from_dataset_or_the_first_split():
     assert (cfg.dataset.train.type, cfg.dataset.val.type, cfg.dataset.test.type) == ("coco", "coco_panoptic", "coco")
     cfg = config_from_dict({"dataset": {"train": {"type": "ade"}, "val": {"type": "ade"}}})
     assert cfg.dataset.type == "ade" and cfg.dataset.test.type == "ade"
+    default = ExperimentConfig()  # consumers building configs in code get resolved types as well
+    assert default.dataset.type == default.dataset.train.type == "coco_panoptic"
 
 
 # ----------------------------------------------------------------------------- round trip, dump

@@ -136,6 +136,7 @@ def walk(node: Any):
 def test_draft07_schema_is_valid_and_accepts_the_examples():
     schema = json_schema("draft-07")
     jsonschema.Draft7Validator.check_schema(schema)
+    assert all(node["additionalProperties"] is False for node in walk(schema) if node.get("type") == "object")
     validator = jsonschema.Draft7Validator(schema)
     for example in sorted(EXAMPLES.glob("*.yaml")):
         raw = yaml.safe_load(example.read_text())
@@ -172,8 +173,8 @@ def test_openapi_schema_fits_a_crd_openapiv3schema():
             pytest.fail(f"type lists are not allowed in a CRD schema: {node}")
         if "exclusiveMinimum" in node:
             assert node["exclusiveMinimum"] is True and "minimum" in node
-        if node.get("type") == "object":
-            assert node["additionalProperties"] is False
+        # Kubernetes: "additionalProperties and properties are mutually exclusive"
+        assert not ("properties" in node and "additionalProperties" in node), node.get("description")
     assert schema["properties"]["results_dir"]["default"] == "/results"
     assert schema["properties"]["data"]["properties"] == schema["properties"]["dataset"]["properties"]
     backbone = schema["properties"]["model"]["properties"]["backbone"]["properties"]

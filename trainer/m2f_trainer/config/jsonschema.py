@@ -81,19 +81,20 @@ def _object_schema(cls: type, flavor: str) -> dict[str, Any]:
     for f in dataclasses.fields(cls):
         default = None if dataclasses.is_dataclass(hints[f.name]) else field_default(f)
         properties[f.name] = _field_schema(hints[f.name], dict(f.metadata), default, flavor)
-    return {
-        "type": "object",
-        "description": (cls.__doc__ or "").strip(),
-        "properties": properties,
-        "additionalProperties": False,
-    }
+    schema = {"type": "object", "description": (cls.__doc__ or "").strip(), "properties": properties}
+    if flavor == DRAFT_07:
+        # Kubernetes forbids additionalProperties next to properties: a CRD prunes unknown fields (or,
+        # with kubectl's strict field validation, rejects them) instead, and the loader names them.
+        schema["additionalProperties"] = False
+    return schema
 
 
 def json_schema(flavor: str = OPENAPI) -> dict[str, Any]:
     """The whole spec's schema.
 
     ``openapi`` (default) is what a Kubernetes CRD's openAPIV3Schema accepts: no $ref, `nullable`,
-    boolean `exclusiveMinimum`. ``draft-07`` is plain JSON Schema for generic validators.
+    boolean `exclusiveMinimum`, no `additionalProperties` beside `properties`. ``draft-07`` is plain
+    JSON Schema for generic validators, closed objects (`additionalProperties: false`).
     Both accept `data` as an alias of `dataset` (the loader rejects a spec giving both).
     """
     if flavor not in FLAVORS:

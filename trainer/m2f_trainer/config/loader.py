@@ -249,21 +249,18 @@ def resolve_gpus(num_gpus: int, gpu_ids: list[int]) -> tuple[int, list[int]]:
 
 
 def _cross_checks(cfg: ExperimentConfig, errors: _Errors) -> None:
-    """Constraints between fields, and the values derived from others (GPUs, split types)."""
+    """Constraints between fields, and TAO's GPU rule (split types resolve in DatasetConfig itself)."""
     for name in ("train", "evaluate", "inference"):
         task = getattr(cfg, name)
         if len(set(task.gpu_ids)) != len(task.gpu_ids):
             errors.add(f"{name}.gpu_ids", f"{task.gpu_ids} repeats a GPU index")
         task.num_gpus, task.gpu_ids = resolve_gpus(task.num_gpus, task.gpu_ids)
 
-    data = cfg.dataset
-    splits = {"train": data.train, "val": data.val, "test": data.test}
-    if data.type is None:
-        data.type = next((s.type for s in splits.values() if s.type), "coco_panoptic")
-    for split in splits.values():
-        split.type = split.type or data.type
+    optim = cfg.train.optim
+    if optim.lr_scheduler == "StepLR" and not optim.milestones:
+        errors.add("train.optim.milestones", "is empty; StepLR decays every milestones[0] epochs")
 
-    low, high = data.augmentation.lsj_scale_range
+    low, high = cfg.dataset.augmentation.lsj_scale_range
     if low > high:
         errors.add("dataset.augmentation.lsj_scale_range", f"min {low:g} is greater than max {high:g}")
 

@@ -267,6 +267,16 @@ class DatasetConfig:
     val: SplitConfig = section(SplitConfig, "Validation split.")
     test: SplitConfig = section(SplitConfig, "Test (inference) split.")
 
+    def __post_init__(self) -> None:
+        # Older TAO specs name the type per split only, newer ones once for the whole dataset: resolve
+        # both ways so that consumers can read cfg.dataset.type and cfg.dataset.<split>.type directly.
+        splits = (self.train, self.val, self.test)
+        if self.type is None:
+            self.type = next((s.type for s in splits if s.type), "coco_panoptic")
+        for split in splits:
+            if split.type is None:
+                split.type = self.type
+
 
 # --------------------------------------------------------------------------------------------- train
 
