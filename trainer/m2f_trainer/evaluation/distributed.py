@@ -1,0 +1,16 @@
+"""Gather evaluator states across ranks (torch.distributed when initialised, else this process only)."""
+
+from __future__ import annotations
+
+
+def all_gather_objects(state) -> list:
+    """Every rank's picklable `state`, in rank order; `[state]` when not running distributed."""
+    try:
+        import torch.distributed as dist
+    except ImportError:
+        return [state]
+    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+        return [state]
+    gathered = [None] * dist.get_world_size()
+    dist.all_gather_object(gathered, state)
+    return gathered
