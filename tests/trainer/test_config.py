@@ -9,6 +9,8 @@ from pathlib import Path
 
 import pytest
 import yaml
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from m2f_trainer.config import (
     ExperimentConfig,
     config_from_dict,
@@ -256,7 +258,7 @@ def test_unknown_and_malformed_overrides():
 
 
 @pytest.mark.parametrize(
-    "given, expected",
+    "setting, expected",
     [
         ({}, (1, [0])),
         ({"num_gpus": 1, "gpu_ids": [0]}, (1, [0])),
@@ -268,10 +270,31 @@ def test_unknown_and_malformed_overrides():
     ],
 )
 @pytest.mark.parametrize("task", ["train", "evaluate", "inference"])
-def test_num_gpus_gpu_ids_rule(task, given, expected):
-    cfg = config_from_dict({task: given})
+def test_num_gpus_gpu_ids_rule(task, setting, expected, caplog):
+    cfg = config_from_dict({task: setting})
     section = getattr(cfg, task)
     assert (section.num_gpus, section.gpu_ids) == expected
+    consistent = setting.get("num_gpus", 1) == len(setting.get("gpu_ids", [0]))
+    assert ("disagree" in caplog.text) != consistent
+
+
+@settings(max_examples=60, deadline=None)
+@given(num_gpus=st.integers(1, 16), gpu_ids=st.lists(st.integers(0, 31), min_size=1, max_size=16, unique=True))
+def test_num_gpus_gpu_ids_rule_properties(num_gpus, gpu_ids):
+    cfg = config_from_dict({"train": {"num_gpus": num_gpus, "gpu_ids": gpu_ids}})
+    assert cfg.train.num_gpus == len(cfg.train.gpu_ids) == max(num_gpus, len(gpu_ids))
+    if len(gpu_ids) >= num_gpus:
+        assert cfg.train.gpu_ids == gpu_ids
+
+
+@settings(max_examples=60, deadline=None)
+@given(value=st.integers(-5, 70000))
+def test_integer_range_overrides_accept_exactly_the_documented_range(value):
+    text = f"train.metrics_port={value}"
+    if 0 <= value <= 65535:
+        assert config_from_dict({}, [text]).train.metrics_port == value
+    else:
+        assert f"train.metrics_port: {value} is out of range; allowed: an integer in [0, 65535]" in spec_error({}, [text])
 
 
 # ---------------------------------------------------------------------------- data/dataset alias

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import logging
 import math
 import types
 import typing
@@ -19,6 +20,8 @@ from m2f_trainer.errors import SpecError
 # TAO specs call the dataset section either `dataset:` or `data:`; the attribute is always `dataset`.
 SECTION_ALIASES = {"data": "dataset"}
 REDACTED = "***"
+
+log = logging.getLogger(__name__)
 
 
 # ----------------------------------------------------------------------------------- type helpers
@@ -254,7 +257,13 @@ def _cross_checks(cfg: ExperimentConfig, errors: _Errors) -> None:
         task = getattr(cfg, name)
         if len(set(task.gpu_ids)) != len(task.gpu_ids):
             errors.add(f"{name}.gpu_ids", f"{task.gpu_ids} repeats a GPU index")
-        task.num_gpus, task.gpu_ids = resolve_gpus(task.num_gpus, task.gpu_ids)
+        resolved = resolve_gpus(task.num_gpus, task.gpu_ids)
+        if resolved != (task.num_gpus, task.gpu_ids):
+            log.warning(
+                "%s: num_gpus %d and gpu_ids %s disagree; using num_gpus %d, gpu_ids %s (the setting "
+                "implying more GPUs wins)", name, task.num_gpus, task.gpu_ids, *resolved,
+            )
+        task.num_gpus, task.gpu_ids = resolved
 
     optim = cfg.train.optim
     if optim.lr_scheduler == "StepLR" and not optim.milestones:
