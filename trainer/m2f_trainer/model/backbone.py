@@ -86,13 +86,17 @@ class SwinBackbone(nn.Module):
         patch_size: int = 4,
         mlp_ratio: float = 4.0,
         drop_path_rate: float = 0.3,
+        drop_rate: float = 0.0,
+        attn_drop_rate: float = 0.0,
+        qkv_bias: bool = True,
         ape: bool = False,
         out_indices: tuple[int, ...] = (0, 1, 2, 3),
     ):
         super().__init__()
         swin = SwinTransformer(
             img_size=pretrain_img_size, patch_size=patch_size, embed_dim=embed_dim, depths=tuple(depths),
-            num_heads=tuple(num_heads), window_size=window_size, mlp_ratio=mlp_ratio, drop_path_rate=drop_path_rate,
+            num_heads=tuple(num_heads), window_size=window_size, mlp_ratio=mlp_ratio, qkv_bias=qkv_bias,
+            proj_drop_rate=drop_rate, attn_drop_rate=attn_drop_rate, drop_path_rate=drop_path_rate,
             num_classes=0, always_partition=True, strict_img_size=False,
         )
         self.patch_embed = swin.patch_embed
@@ -164,7 +168,9 @@ def build_backbone(config: dict) -> nn.Module:
             embed_dim=config["embed_dim"], depths=tuple(config["depths"]), num_heads=tuple(config["num_heads"]),
             window_size=config.get("window_size", 7), pretrain_img_size=config.get("pretrain_img_size", 224),
             patch_size=config.get("patch_size", 4), mlp_ratio=config.get("mlp_ratio", 4.0),
-            drop_path_rate=config.get("drop_path_rate", 0.3), ape=config.get("ape", False),
+            drop_path_rate=config.get("drop_path_rate", 0.3), drop_rate=config.get("drop_rate", 0.0),
+            attn_drop_rate=config.get("attn_drop_rate", 0.0), qkv_bias=config.get("qkv_bias", True),
+            ape=config.get("ape", False),
             out_indices=tuple(config.get("out_indices", (0, 1, 2, 3))),
         )
     if kind == "timm":

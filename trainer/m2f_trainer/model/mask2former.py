@@ -119,10 +119,17 @@ def model_config_from_spec(cfg: Any) -> dict[str, Any]:
         out_indices = list(getattr(swin, "out_indices", None) or (0, 1, 2, 3))
         if out_indices != [0, 1, 2, 3]:
             raise SpecError(f"model.backbone.swin.out_indices: Mask2Former needs all four stages [0, 1, 2, 3], got {out_indices}")
+        if getattr(swin, "qk_scale", None) is not None:
+            raise SpecError("model.backbone.swin.qk_scale: only the default head_dim ** -0.5 is supported (null)")
+        if not getattr(swin, "patch_norm", True):
+            raise SpecError("model.backbone.swin.patch_norm: false is not supported (timm Swin always normalises)")
         backbone = {
             "kind": "swin", **{k: list(v) if isinstance(v, tuple) else v for k, v in SWIN_PRESETS[swin.type].items()},
             "window_size": swin.window_size, "pretrain_img_size": swin.pretrain_img_size, "ape": bool(swin.ape),
-            "drop_path_rate": getattr(swin, "drop_path_rate", 0.3), "out_indices": out_indices,
+            "patch_size": getattr(swin, "patch_size", 4), "mlp_ratio": float(getattr(swin, "mlp_ratio", 4.0)),
+            "qkv_bias": bool(getattr(swin, "qkv_bias", True)), "drop_rate": float(getattr(swin, "drop_rate", 0.0)),
+            "attn_drop_rate": float(getattr(swin, "attn_drop_rate", 0.0)),
+            "drop_path_rate": float(getattr(swin, "drop_path_rate", 0.3)), "out_indices": out_indices,
         }
     elif spec_backbone.type == "efficientvit":
         name = spec_backbone.efficientvit.name
@@ -179,6 +186,9 @@ def build_model(cfg: Any) -> Mask2Former:
         load_backbone_weights(model.backbone, weights)
     train = getattr(cfg, "train", None)
     model.set_activation_checkpoint(bool(getattr(train, "activation_checkpoint", False)))
+    family = getattr(cfg.model.backbone, cfg.model.backbone.type, None)
+    if getattr(family, "use_checkpoint", False):  # TAO's backbone-only switch
+        model.backbone.activation_checkpoint = True
     freeze = list(getattr(train, "freeze", None) or [])
     if freeze:
         model.freeze(freeze)

@@ -13,12 +13,32 @@ from m2f_trainer.model.ms_deform_attn import MSDeformAttn
 from m2f_trainer.model.position_encoding import sine_position_embedding
 
 
+class ChannelLayerNorm(nn.Module):
+    """detectron2's "LN" for NCHW maps: LayerNorm over channels at every pixel."""
+
+    def __init__(self, channels: int, eps: float = 1e-6):
+        super().__init__()
+        self.weight = nn.Parameter(torch.ones(channels))
+        self.bias = nn.Parameter(torch.zeros(channels))
+        self.eps = eps
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.layer_norm(x.permute(0, 2, 3, 1), x.shape[1:2], self.weight, self.bias, self.eps).permute(0, 3, 1, 2)
+
+
 def _norm(kind: str, channels: int) -> nn.Module | None:
-    if kind == "GN":
-        return nn.GroupNorm(32, channels)
-    if kind in ("", "none", None):
+    """detectron2's get_norm for the names sem_seg_head.norm accepts."""
+    factories = {
+        "GN": lambda: nn.GroupNorm(32, channels),
+        "BN": lambda: nn.BatchNorm2d(channels),
+        "SyncBN": lambda: nn.SyncBatchNorm(channels),
+        "LN": lambda: ChannelLayerNorm(channels),
+    }
+    if kind in ("", None):
         return None
-    raise ValueError(f"unsupported norm {kind!r}; use 'GN' or ''")
+    if kind not in factories:
+        raise ValueError(f"unsupported norm {kind!r}; use one of {', '.join(factories)} or ''")
+    return factories[kind]()
 
 
 class Conv2dNorm(nn.Conv2d):
