@@ -1,0 +1,208 @@
+"""Thin kopf handlers: every trigger funnels into one reconcile per resource (`kopf run -m m2f_operator.handlers`).
+
+Triggers: the resource's create/resume/spec update (kopf change handlers: progress in status.kopf,
+bounded retries, PermanentError for an invalid spec), any event of its pods (kept in a kopf index,
+so a reconcile lists nothing), and a resync loop for time-based policies (deadline, TTL, lost
+nodes). kopf timers are not used: they would put a finalizer on every resource, and nothing here
+needs cleanup on deletion (owner references cascade), so resources carry no finalizer.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import copy
+import logging
+import time
+from datetime import datetime, timezone
+
+import kopf
+
+from m2f_operator import metrics
+from m2f_operator import status as st
+from m2f_operator.builders import meta
+from m2f_operator.client import Cluster, load_api_client
+from m2f_operator.reconcile import Observed, Plan, reconcile
+from m2f_operator.settings import OperatorConfig, configure_kopf
+
+log = logging.getLogger("m2f_operator")
+
+
+class _State:
+    """Process-wide state, created at startup."""
+
+    config: OperatorConfig | None = None
+    cluster: Cluster | None = None
+    pod_index: kopf.Index | None = None
+    resync_task: asyncio.Task | None = None
+    locks: dict[tuple[str, str, str], asyncio.Lock] = {}
+    # (plural, namespace, name) -> (phase, needs time-based resync, trainRef)
+    known: dict[tuple[str, str, str], tuple[str, bool, str | None]] = {}
+
+
+STATE = _State()
+
+
+@kopf.on.startup()
+async def startup(settings: kopf.OperatorSettings, **_) -> None:
+    configure_kopf(settings)
+    STATE.config = OperatorConfig.from_env()
+    STATE.cluster = Cluster(load_api_client())
+    STATE.locks, STATE.known = {}, {}
+    metrics.serve(STATE.config.metrics_port)
+    STATE.resync_task = asyncio.get_running_loop().create_task(_resync_forever())
+
+
+@kopf.on.cleanup()
+async def cleanup(**_) -> None:
+    if STATE.resync_task is not None:
+        STATE.resync_task.cancel()
+        STATE.resync_task = None
+
+
+@kopf.index("pods", labels={meta.LABEL_MANAGED_BY: meta.MANAGED_BY})
+def m2f_pods(body: kopf.Body, namespace: str, labels: kopf.Labels, **_) -> dict:
+    """(namespace, kind label, job name) -> the pod's metadata and status (all the policies read)."""
+    key = (namespace, labels.get(meta.LABEL_KIND, ""), labels.get(meta.LABEL_JOB_NAME, ""))
+    metadata = body.get("metadata", {})
+    summary = {
+        "metadata": {
+            "name": metadata.get("name"),
+            "labels": dict(metadata.get("labels") or {}),
+            "deletionTimestamp": metadata.get("deletionTimestamp"),
+        },
+        "status": copy.deepcopy(dict(body.get("status") or {})),
+    }
+    return {key: summary}
+
+
+# -- the reconcile funnel ---------------------------------------------------------------------------
+
+
+async def reconcile_resource(plural: str, namespace: str, name: str, trigger: str, pod_index: kopf.Index) -> Plan | None:
+    """One reconcile at a time per resource; the pod snapshot is taken on the event loop under its lock."""
+    STATE.pod_index = pod_index
+    lock = STATE.locks.setdefault((plural, namespace, name), asyncio.Lock())
+    async with lock:
+        task = meta.KIND_BY_PLURAL[plural].task
+        pods = [copy.deepcopy(pod) for pod in pod_index.get((namespace, task, name), [])]
+        return await asyncio.to_thread(_reconcile_sync, plural, namespace, name, pods, trigger)
+
+
+def _reconcile_sync(plural: str, namespace: str, name: str, pods: list[dict], trigger: str) -> Plan | None:
+    cluster, config = STATE.cluster, STATE.config
+    kind = meta.KIND_BY_PLURAL[plural].kind
+    started = time.perf_counter()
+    metrics.RECONCILES.labels(kind, trigger).inc()
+    try:
+        # Always the fresh resource: a status we wrote a moment ago must not be decided on again.
+        body = cluster.get_resource(plural, namespace, name)
+        if body is None or body["metadata"].get("deletionTimestamp"):
+            return None
+        train = None
+        train_ref = (body.get("spec") or {}).get("trainRef")
+        if kind == "Mask2FormerExport" and train_ref and not (body.get("spec") or {}).get("checkpoint"):
+            train = cluster.get_resource(meta.KINDS["Mask2FormerTrain"].plural, namespace, train_ref)
+        plan = reconcile(Observed(body, pods, datetime.now(timezone.utc), train, config.pod_defaults))
+        _apply(cluster, plural, body, plan)
+        return plan
+    except Exception:
+        metrics.RECONCILE_ERRORS.labels(kind).inc()
+        raise
+    finally:
+        metrics.RECONCILE_SECONDS.labels(kind).observe(time.perf_counter() - started)
+
+
+def _apply(cluster: Cluster, plural: str, body: dict, plan: Plan) -> None:
+    namespace, name, kind = body["metadata"]["namespace"], body["metadata"]["name"], body["kind"]
+    for manifest in plan.creates:
+        if cluster.create(manifest) and manifest["kind"] == "Pod":
+            metrics.PODS_CREATED.labels(kind).inc()
+    for pod_name, force in plan.deletes:
+        cluster.delete_pod(namespace, pod_name, force)
+    if plan.gang_restarted:
+        metrics.GANG_RESTARTS.labels(kind).inc()
+    # The status is written once, after the children: it never claims pods that do not exist.
+    if plan.status_patch:
+        cluster.patch_status(plural, namespace, name, plan.status_patch)
+    for event in plan.events:
+        try:
+            cluster.post_event(body, event)
+        except Exception as exc:  # an Event is informative: never fail a reconcile over it
+            log.warning("could not post event %s for %s/%s: %s", event.reason, namespace, name, exc)
+    if plan.delete_resource:
+        log.info("ttlSecondsAfterFinished reached: deleting %s %s/%s", kind, namespace, name)
+        cluster.delete_resource(plural, namespace, name)
+
+
+# -- triggers -------------------------------------------------------------------------------------
+
+
+async def on_spec(body: kopf.Body, namespace: str, name: str, m2f_pods: kopf.Index, reason: str, **_) -> None:
+    plural = meta.KINDS[body["kind"]].plural
+    plan = await reconcile_resource(plural, namespace, name, str(reason), m2f_pods)
+    if plan is not None and plan.invalid_spec:
+        # Recorded as the InvalidSpec condition and an Event already; no retry can fix a spec.
+        raise kopf.PermanentError(plan.invalid_spec)
+
+
+async def on_resource_event(body: kopf.Body, type: str | None, namespace: str, name: str, **_) -> None:
+    """Bookkeeping only: which resources exist, their phase (metrics) and who waits for a Train."""
+    plural = meta.KINDS[body["kind"]].plural
+    key = (plural, namespace, name)
+    if type == "DELETED":
+        STATE.known.pop(key, None)
+        STATE.locks.pop(key, None)
+        metrics.PHASES.observe(body["kind"], namespace, name, None)
+        return
+    spec, status = body.get("spec") or {}, body.get("status") or {}
+    phase = status.get("phase", st.PENDING)
+    needs_time = phase not in st.TERMINAL_PHASES or spec.get("ttlSecondsAfterFinished") is not None
+    previous = STATE.known.get(key)
+    STATE.known[key] = (phase, needs_time, spec.get("trainRef"))
+    metrics.PHASES.observe(body["kind"], namespace, name, phase)
+    if body["kind"] == "Mask2FormerTrain" and previous and previous[0] != phase and STATE.pod_index is not None:
+        exports = meta.KINDS["Mask2FormerExport"].plural
+        for (other_plural, other_ns, other_name), (_, _, ref) in list(STATE.known.items()):
+            if other_plural == exports and other_ns == namespace and ref == name:
+                asyncio.get_running_loop().create_task(
+                    _safe_reconcile(exports, other_ns, other_name, "train-changed", STATE.pod_index))
+
+
+@kopf.on.event("pods", labels={meta.LABEL_MANAGED_BY: meta.MANAGED_BY})
+async def on_pod_event(labels: kopf.Labels, namespace: str, m2f_pods: kopf.Index, **_) -> None:
+    task, job_name = labels.get(meta.LABEL_KIND), labels.get(meta.LABEL_JOB_NAME)
+    info = next((i for i in meta.KINDS.values() if i.task == task), None)
+    if info is None or not job_name:
+        return
+    await _safe_reconcile(info.plural, namespace, job_name, "pod", m2f_pods)
+
+
+async def _safe_reconcile(plural: str, namespace: str, name: str, trigger: str, pod_index: kopf.Index) -> None:
+    # Pod events and the resync have no kopf retry bookkeeping: log, and the next event/resync retries.
+    try:
+        await reconcile_resource(plural, namespace, name, trigger, pod_index)
+    except Exception as exc:
+        log.warning("reconcile of %s %s/%s (%s) failed: %s", plural, namespace, name, trigger, exc)
+
+
+async def _resync_forever() -> None:
+    while True:
+        await asyncio.sleep(STATE.config.resync_seconds)
+        if STATE.pod_index is None:
+            continue
+        due = [key for key, (_, needs_time, _) in list(STATE.known.items()) if needs_time]
+        for plural, namespace, name in due:
+            await _safe_reconcile(plural, namespace, name, "resync", STATE.pod_index)
+
+
+def _register() -> None:
+    for info in meta.KINDS.values():
+        resource = (meta.GROUP, meta.VERSION, info.plural)
+        retry = {"retries": 8, "backoff": 5}
+        kopf.on.create(*resource, id=f"{info.task}-create", **retry)(on_spec)
+        kopf.on.resume(*resource, id=f"{info.task}-resume", **retry)(on_spec)
+        kopf.on.update(*resource, field="spec", id=f"{info.task}-update", **retry)(on_spec)
+        kopf.on.event(*resource, id=f"{info.task}-event")(on_resource_event)
+
+
+_register()
