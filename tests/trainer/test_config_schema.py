@@ -14,9 +14,9 @@ import pytest
 import yaml
 from m2f_trainer.cli import main
 from m2f_trainer.config import ExperimentConfig, config_from_dict, json_schema, load_spec, spec_to_dict
+from m2f_trainer.config.fields import field_default
 from m2f_trainer.config.loader import list_item_type, unwrap_optional
 from m2f_trainer.config.reference import fields_markdown
-from m2f_trainer.config.schema import field_default
 
 REPO = Path(__file__).resolve().parents[2]
 EXAMPLES = REPO / "examples" / "specs"

@@ -6,8 +6,9 @@ import dataclasses
 import typing
 from typing import Any
 
+from m2f_trainer.config.fields import field_default
 from m2f_trainer.config.loader import SECTION_ALIASES, list_item_type, unwrap_optional
-from m2f_trainer.config.schema import ExperimentConfig, field_default
+from m2f_trainer.config.schema import ExperimentConfig
 
 OPENAPI = "openapi"
 DRAFT_07 = "draft-07"

@@ -14,7 +14,8 @@ from typing import Any
 
 import yaml
 
-from m2f_trainer.config.schema import ExperimentConfig, field_default
+from m2f_trainer.config.fields import field_default
+from m2f_trainer.config.schema import ExperimentConfig
 from m2f_trainer.errors import SpecError
 
 # TAO specs call the dataset section either `dataset:` or `data:`; the attribute is always `dataset`.

@@ -6,8 +6,9 @@ import dataclasses
 import typing
 from typing import Any
 
+from m2f_trainer.config.fields import field_default
 from m2f_trainer.config.loader import allowed_text
-from m2f_trainer.config.schema import ExperimentConfig, field_default
+from m2f_trainer.config.schema import ExperimentConfig
 
 EXTENSION_MARK = "**[ext]**"
 
