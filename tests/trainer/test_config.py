@@ -240,6 +240,12 @@ def test_overrides_nested_lists_bools_null_and_strings(tmp_path):
     assert cfg.train.optim.milestones == [3, 4]
 
 
+def test_overrides_leave_the_callers_mapping_alone():
+    raw = {"train": {"optim": {"lr": 0.1}}}
+    assert config_from_dict(raw, ["train.optim.lr=0.5"]).train.optim.lr == 0.5
+    assert raw == {"train": {"optim": {"lr": 0.1}}}
+
+
 def test_override_creates_a_missing_section():
     cfg = config_from_dict({}, ["evaluate.checkpoint=/ckpt/model.pth", "dataset.val.panoptic_dir=/p"])
     assert cfg.evaluate.checkpoint == "/ckpt/model.pth"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import difflib
 import logging
@@ -312,7 +313,7 @@ def config_from_dict(raw: Mapping[str, Any] | None, overrides: Iterable[str] = (
         raw = {}
     if not isinstance(raw, Mapping):
         raise SpecError(f"{source}: the spec must be a YAML mapping of sections, got {_show(raw)}")
-    raw = dict(raw)
+    raw = copy.deepcopy(dict(raw))  # overrides edit nested sections: never the caller's mapping
     for alias, canonical in SECTION_ALIASES.items():
         if alias in raw:
             if canonical in raw:
