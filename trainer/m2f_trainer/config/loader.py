@@ -253,14 +253,16 @@ def resolve_gpus(num_gpus: int, gpu_ids: list[int]) -> tuple[int, list[int]]:
     return num_gpus, list(gpu_ids)
 
 
-def _cross_checks(cfg: ExperimentConfig, errors: _Errors) -> None:
+def _cross_checks(cfg: ExperimentConfig, raw: Mapping[str, Any], errors: _Errors) -> None:
     """Constraints between fields, and TAO's GPU rule (split types resolve in DatasetConfig itself)."""
     for name in ("train", "evaluate", "inference"):
         task = getattr(cfg, name)
         if len(set(task.gpu_ids)) != len(task.gpu_ids):
             errors.add(f"{name}.gpu_ids", f"{task.gpu_ids} repeats a GPU index")
         resolved = resolve_gpus(task.num_gpus, task.gpu_ids)
-        if resolved != (task.num_gpus, task.gpu_ids):
+        given = raw.get(name) or {}
+        # Giving only one of the two is the normal way to ask for N GPUs; warn about real conflicts only.
+        if resolved != (task.num_gpus, task.gpu_ids) and {"num_gpus", "gpu_ids"} <= set(given):
             log.warning(
                 "%s: num_gpus %d and gpu_ids %s disagree; using num_gpus %d, gpu_ids %s (the setting "
                 "implying more GPUs wins)", name, task.num_gpus, task.gpu_ids, *resolved,
@@ -323,7 +325,7 @@ def config_from_dict(raw: Mapping[str, Any] | None, overrides: Iterable[str] = (
     errors = _Errors()
     cfg = _section(ExperimentConfig, raw, "", errors)
     if not errors.messages:
-        _cross_checks(cfg, errors)
+        _cross_checks(cfg, raw, errors)
     if errors.messages:
         raise SpecError(f"{source}: " + "; ".join(errors.messages))
     return cfg
