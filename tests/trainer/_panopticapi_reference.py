@@ -109,6 +109,10 @@ def reference_average(stats, categories, isthing):
         rq_class = s.tp / (s.tp + 0.5 * s.fp + 0.5 * s.fn)
         per_class[label] = {"pq": pq_class, "sq": sq_class, "rq": rq_class}
         pq, sq, rq = pq + pq_class, sq + sq_class, rq + rq_class
+    if n == 0:
+        # panopticapi raises ZeroDivisionError here (e.g. no stuff category counted); m2f reports
+        # zeros with n = 0 instead — the one documented deviation, mirrored so the oracle can compare.
+        return {"pq": 0.0, "sq": 0.0, "rq": 0.0, "n": 0}, per_class
     return {"pq": pq / n, "sq": sq / n, "rq": rq / n, "n": n}, per_class
 
 

@@ -2,14 +2,14 @@
 
 from __future__ import annotations
 
+import sys
+
 
 def all_gather_objects(state) -> list:
     """Every rank's picklable `state`, in rank order; `[state]` when not running distributed."""
-    try:
-        import torch.distributed as dist
-    except ImportError:
-        return [state]
-    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+    # A process group can only exist if torch.distributed was imported already: don't pay torch's import.
+    dist = sys.modules.get("torch.distributed")
+    if dist is None or not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
         return [state]
     gathered = [None] * dist.get_world_size()
     dist.all_gather_object(gathered, state)

@@ -52,9 +52,8 @@ def _segments_by_id(segments: Iterable[Mapping], where: str, side: str) -> dict[
             int(segment["category_id"])
         except (KeyError, TypeError, ValueError):
             raise DataError(f"{where}: {side} segment {dict(segment)} needs integer 'id' and 'category_id'") from None
-        if segment_id == VOID or not 0 < segment_id < _ID_SPACE:
-            raise DataError(f"{where}: {side} segment id {segment_id} is out of range 1..{_ID_SPACE - 1} "
-                            f"(0 is VOID)")
+        if segment_id <= VOID:
+            raise DataError(f"{where}: {side} segment id {segment_id} must be positive (0 is VOID)")
         if segment_id in by_id:
             raise DataError(f"{where}: {side} segment id {segment_id} appears twice in segments_info")
         by_id[segment_id] = segment
@@ -179,7 +178,7 @@ class PQAccumulator:
         self.num_images = 0
 
     def _slots(self, category_ids: np.ndarray) -> np.ndarray:
-        for category_id in np.unique(category_ids).tolist():
+        for category_id in dict.fromkeys(category_ids.tolist()):  # first-seen order, so merges keep order
             if category_id not in self._slot:
                 self._slot[category_id] = len(self._slot)
         grow = len(self._slot) - len(self.tp)
