@@ -19,7 +19,8 @@ def load_api_client() -> kubernetes.client.ApiClient:
         kubernetes.config.load_incluster_config()
         return kubernetes.client.ApiClient()
     configuration = kubernetes.client.Configuration()
-    kubernetes.config.load_kube_config(client_configuration=configuration)
+    # The default location is read at import time; KUBECONFIG may be set later (tests, dev cluster).
+    kubernetes.config.load_kube_config(config_file=os.environ.get("KUBECONFIG"), client_configuration=configuration)
     return kubernetes.client.ApiClient(configuration)
 
 

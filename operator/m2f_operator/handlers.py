@@ -12,8 +12,9 @@ from __future__ import annotations
 import asyncio
 import copy
 import logging
+import os
 import time
-from datetime import datetime, timezone
+from datetime import datetime, timedelta, timezone
 
 import kopf
 
@@ -40,6 +41,17 @@ class _State:
 
 
 STATE = _State()
+
+
+@kopf.on.login()
+def login(**kwargs) -> kopf.ConnectionInfo | None:
+    """The same credentials as our own client: in-cluster service account, else $KUBECONFIG read now
+    (the kubernetes library's default path is fixed at import time, before tests/dev cluster set it)."""
+    if not os.environ.get("KUBECONFIG"):
+        info = kopf.login_with_service_account(**kwargs)
+        if info is not None:
+            return info
+    return kopf.login_with_kubeconfig(**kwargs)
 
 
 @kopf.on.startup()
@@ -102,7 +114,9 @@ def _reconcile_sync(plural: str, namespace: str, name: str, pods: list[dict], tr
         train_ref = (body.get("spec") or {}).get("trainRef")
         if kind == "Mask2FormerExport" and train_ref and not (body.get("spec") or {}).get("checkpoint"):
             train = cluster.get_resource(meta.KINDS["Mask2FormerTrain"].plural, namespace, train_ref)
-        plan = reconcile(Observed(body, pods, datetime.now(timezone.utc), train, config.pod_defaults))
+        observed = Observed(body, pods, datetime.now(timezone.utc), train, config.pod_defaults,
+                            timedelta(seconds=config.stuck_terminating_seconds))
+        plan = reconcile(observed)
         _apply(cluster, plural, body, plan)
         return plan
     except Exception:

@@ -8,7 +8,7 @@ apply plans; nothing here talks to the API.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import datetime, timedelta
 
 from m2f_operator import status as st
 from m2f_operator.builders import build_configmap, build_gang, build_service, build_stages, meta
@@ -24,7 +24,7 @@ from m2f_operator.policies import (
     ttl_remaining,
     views,
 )
-from m2f_operator.policies.observe import format_time
+from m2f_operator.policies.observe import STUCK_TERMINATING_MARGIN, format_time
 from m2f_operator.validation import spec_error
 
 # Export stages whose completion is recorded as a condition (the pods may be cleaned up later).
@@ -38,6 +38,8 @@ class Observed:
     now: datetime
     train: dict | None = None  # the Export's trainRef target, when it exists
     defaults: PodDefaults = field(default_factory=PodDefaults)
+    # How long past its deletion deadline a pod may stay before its node counts as lost.
+    stuck_margin: timedelta = STUCK_TERMINATING_MARGIN
 
 
 @dataclass
@@ -133,7 +135,7 @@ class _Reconciler:
                 continue
             stage_pods = [p for p in current if p.role == stage.role]
             # 7. Failure policy: permanent -> Failed; otherwise restart the whole gang within backoffLimit.
-            decision = decide_failure(self.spec, attempt, stage_pods, self.observed.now)
+            decision = decide_failure(self.spec, attempt, stage_pods, self.observed.now, self.observed.stuck_margin)
             if decision is not None:
                 self._apply_failure(decision, current, attempt)
                 return
@@ -276,7 +278,8 @@ class _Reconciler:
         self.plan.deletes += [(p.name, False) for p in pods]
 
     def _delete_stuck(self, pods) -> None:
-        self.plan.deletes += [(p.name, True) for p in pods if p.stuck_terminating(self.observed.now)]
+        margin = self.observed.stuck_margin
+        self.plan.deletes += [(p.name, True) for p in pods if p.stuck_terminating(self.observed.now, margin)]
 
     def _count_workers(self, pods: list[PodView], created: int = 0) -> None:
         self.draft.fields["workers"] = {

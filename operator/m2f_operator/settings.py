@@ -29,6 +29,7 @@ class OperatorConfig:
     metrics_port: int  # the operator's own Prometheus endpoint; 0 disables it
     liveness_port: int
     resync_seconds: float  # safety net for time-based policies (deadline, TTL, lost nodes)
+    stuck_terminating_seconds: int  # past a pod's deletion deadline: its node counts as lost
 
     @classmethod
     def from_env(cls) -> OperatorConfig:
@@ -44,6 +45,7 @@ class OperatorConfig:
             metrics_port=_int_env("M2F_OPERATOR_METRICS_PORT", 8000),
             liveness_port=_int_env("M2F_LIVENESS_PORT", 8080),
             resync_seconds=float(_int_env("M2F_RESYNC_SECONDS", 10)),
+            stuck_terminating_seconds=_int_env("M2F_STUCK_TERMINATING_SECONDS", 30),
         )
 
 

@@ -7,10 +7,10 @@ with spec.retryableExitCodes set, only those codes (and evictions / lost nodes) 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 
 from m2f_operator.builders import meta
-from m2f_operator.policies.observe import PodView
+from m2f_operator.policies.observe import STUCK_TERMINATING_MARGIN, PodView
 
 DEFAULT_BACKOFF_LIMIT = 3
 
@@ -42,10 +42,11 @@ def is_permanent(spec: dict, pod: PodView) -> bool:
     return bool(retryable) and pod.exit_code not in set(retryable)
 
 
-def decide_failure(spec: dict, restarts: int, pods: list[PodView], now: datetime) -> FailureDecision | None:
+def decide_failure(spec: dict, restarts: int, pods: list[PodView], now: datetime,
+                   stuck_margin: timedelta = STUCK_TERMINATING_MARGIN) -> FailureDecision | None:
     """`pods` are the current attempt's pods; `restarts` the gang restarts already made."""
     failed = [pod for pod in pods if pod.phase == "Failed"]
-    stuck = [pod for pod in pods if pod.stuck_terminating(now) and pod.phase != "Succeeded"]
+    stuck = [pod for pod in pods if pod.stuck_terminating(now, stuck_margin) and pod.phase != "Succeeded"]
     if not failed and not stuck:
         return None
     force = frozenset(pod.name for pod in stuck)

@@ -68,8 +68,8 @@ class PodView:
     def active(self) -> bool:
         return not self.finished and not self.terminating
 
-    def stuck_terminating(self, now: datetime) -> bool:
-        return self.deletion_deadline is not None and now > self.deletion_deadline + STUCK_TERMINATING_MARGIN
+    def stuck_terminating(self, now: datetime, margin: timedelta = STUCK_TERMINATING_MARGIN) -> bool:
+        return self.deletion_deadline is not None and now > self.deletion_deadline + margin
 
 
 def views(pods: list[dict]) -> list[PodView]:
