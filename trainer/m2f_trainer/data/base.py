@@ -212,6 +212,6 @@ class SegmentationDataset(Dataset):
 def _non_empty(annotation: RawAnnotation) -> torch.Tensor:
     """bool [N]: which segments still cover a pixel after crop / resize."""
     if annotation.masks is not None:
-        return annotation.masks.flatten(1).any(1) if len(annotation) else torch.zeros(0, dtype=torch.bool)
+        return annotation.masks.flatten(1).amax(1) > 0 if len(annotation) else torch.zeros(0, dtype=torch.bool)
     counts = torch.bincount(annotation.segment_map.flatten().long(), minlength=len(annotation) + 1)
     return counts[1 : len(annotation) + 1] > 0

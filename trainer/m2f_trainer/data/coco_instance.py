@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import io
+import warnings
 from collections.abc import Callable
 from pathlib import Path
 
@@ -129,7 +130,10 @@ class CocoInstanceDataset(SegmentationDataset):
                 masks=torch.zeros((0, height, width), dtype=torch.uint8),
             )
         try:
-            masks = np.stack([self.coco.annToMask(a) for a in annotations])
+            with warnings.catch_warnings():
+                # pycocotools' cython decoder trips numpy 2's copy-keyword deprecation; harmless.
+                warnings.simplefilter("ignore", DeprecationWarning)
+                masks = np.stack([self.coco.annToMask(a) for a in annotations])
         except Exception as exc:  # pycocotools raises bare exceptions on malformed RLE
             raise DataError(f"{self.instance_json}: cannot decode a mask of image id {record.image_id}: {exc}") from None
         if masks.shape[1:] != (height, width):
