@@ -28,7 +28,13 @@ def _names(categories) -> dict[int, str]:
         return {}
     if isinstance(categories, Mapping):
         categories = categories.values()
-    return {int(c["id"]): str(c.get("name", c["id"])) for c in categories}
+    names = {}
+    for category in categories:  # {id, name} dicts or bare ids
+        if isinstance(category, Mapping):
+            names[int(category["id"])] = str(category.get("name", category["id"]))
+        else:
+            names[int(category)] = str(category)
+    return names
 
 
 def panoptic_metrics(results: Mapping, categories=None, num_images: int | None = None) -> dict:
