@@ -29,7 +29,6 @@ DEFAULT_MODEL_CONFIG: dict[str, Any] = {
     "norm": "GN",
     "common_stride": 4,
     "transformer_enc_layers": 6,
-    "transformer_nheads": 8,
     "transformer_dim_feedforward": 1024,
     "transformer_n_points": 4,
     "transformer_in_levels": 3,
@@ -84,6 +83,8 @@ class Mask2Former(nn.Module):
 def build_model_from_config(model_config: dict[str, Any]) -> Mask2Former:
     """Build from a model_config dict (the `model_config` of a checkpoint); only sizes differ between variants."""
     config = {**DEFAULT_MODEL_CONFIG, **model_config}
+    # As the original (MSDeformAttnPixelDecoder.from_config): the encoder uses the decoder's head count.
+    config.setdefault("transformer_nheads", config["nheads"])
     backbone = build_backbone(config["backbone"])
     levels = config["transformer_in_levels"]
     pixel_decoder = MSDeformAttnPixelDecoder(
@@ -174,6 +175,7 @@ def model_config_from_spec(cfg: Any) -> dict[str, Any]:
         "norm": head.norm,
         "common_stride": head.common_stride,
         "transformer_enc_layers": head.transformer_enc_layers,
+        "transformer_nheads": mask_former.nheads,
         "transformer_in_levels": len(in_features),
     }
 
