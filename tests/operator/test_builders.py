@@ -46,7 +46,7 @@ def test_train_gang_env_contract(nodes, gpus, world_size, per_node):
         container = spec["containers"][0]
         assert container["command"] == ["m2f", "train", "-e", "/etc/m2f/spec.yaml"]
         limits = container["resources"].get("limits", {})
-        assert limits.get(meta.GPU_RESOURCE) == (gpus or None)
+        assert limits.get(meta.GPU_RESOURCE) == (str(gpus) if gpus else None)
         assert spec["securityContext"]["runAsNonRoot"] is True
         assert container["securityContext"]["allowPrivilegeEscalation"] is False
 
@@ -66,7 +66,7 @@ def test_pod_template_subset_and_user_volumes_pass_through():
         "podAnnotations": {"note": "x"},
         "volumes": [{"name": "data", "persistentVolumeClaim": {"claimName": "coco"}}],
         "volumeMounts": [{"name": "data", "mountPath": "/data"}],
-        "resources": {"requests": {"cpu": "4", "memory": "16Gi"}},
+        "resources": {"requests": {"cpu": 4, "memory": "16Gi"}},
         "env": [{"name": "NCCL_DEBUG", "value": "INFO"}, {"name": "NODE_RANK", "value": "99"}],
     }
     body = resource(image="registry.local/m2f:1", **template)
@@ -81,7 +81,7 @@ def test_pod_template_subset_and_user_volumes_pass_through():
     container = spec["containers"][0]
     assert container["image"] == "registry.local/m2f:1"
     assert {"name": "data", "mountPath": "/data"} in container["volumeMounts"]
-    assert container["resources"]["requests"] == {"cpu": "4", "memory": "16Gi", meta.GPU_RESOURCE: 1}
+    assert container["resources"]["requests"] == {"cpu": "4", "memory": "16Gi", meta.GPU_RESOURCE: "1"}
     # The contract's variables win over user env of the same name.
     assert env_of(pod)["NODE_RANK"] == "0" and env_of(pod)["NCCL_DEBUG"] == "INFO"
 
@@ -121,7 +121,7 @@ def test_export_stages_onnx_then_tensorrt_with_one_gpu():
     ]
     trt_container = trt_pod["spec"]["containers"][0]
     assert trt_container["image"] == "trt:10"
-    assert trt_container["resources"]["limits"] == {meta.GPU_RESOURCE: 1}
+    assert trt_container["resources"]["limits"] == {meta.GPU_RESOURCE: "1"}
     assert "gen_trt_engine.tensorrt.data_type=FP16" in trt_container["command"]
     assert "gen_trt_engine.tensorrt.max_batch_size=4" in trt_container["command"]
     # The overrides the operator passes are accepted by the trainer's own spec validation.

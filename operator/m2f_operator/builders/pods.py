@@ -72,11 +72,16 @@ def build_env(body: dict, stage: Stage, index: int, defaults: PodDefaults) -> li
 
 
 def build_resources(spec_resources: dict | None, gpus: int) -> dict:
-    resources = copy.deepcopy(spec_resources or {})
+    # Quantities are strings in the API (the typed client rejects bare numbers).
+    resources = {
+        section: {name: str(quantity) for name, quantity in (values or {}).items()}
+        for section, values in (spec_resources or {}).items()
+        if section in ("limits", "requests")
+    }
     if gpus > 0:
-        # Extended resources must have requests == limits; setting limits alone implies the request.
-        resources.setdefault("limits", {})[meta.GPU_RESOURCE] = gpus
-        resources.setdefault("requests", {})[meta.GPU_RESOURCE] = gpus
+        # Extended resources must have requests == limits.
+        resources.setdefault("limits", {})[meta.GPU_RESOURCE] = str(gpus)
+        resources.setdefault("requests", {})[meta.GPU_RESOURCE] = str(gpus)
     return resources
 
 

@@ -1,0 +1,175 @@
+"""The real operator (kopf) against the Kubernetes API emulator: children, transitions, failure handling."""
+
+from __future__ import annotations
+
+import json
+import time
+
+import pytest
+from operator_harness import emulated_cluster, running_operator, wait_for
+from reconcile_factories import TINY_EXPERIMENT
+
+from m2f_operator import metrics
+from m2f_operator.builders import meta
+
+TRAIN = "Mask2FormerTrain"
+
+
+@pytest.fixture(scope="module")
+def cluster():
+    with emulated_cluster() as (cluster, _emulator), running_operator() as runner:
+        yield cluster
+    assert runner.exception is None, runner.output[-3000:]
+
+
+def train_spec(**extra) -> dict:
+    return {"experiment": TINY_EXPERIMENT, "nodes": 2, "gpusPerNode": 0, "terminationGracePeriodSeconds": 1, **extra}
+
+
+def sample(name: str, **labels) -> float:
+    value = metrics.REGISTRY.get_sample_value(name, labels)
+    return value or 0.0
+
+
+def test_train_children_and_status_driven_by_pods(cluster):
+    ns = cluster.namespace()
+    created_before = sample("m2f_operator_pods_created_total", kind=TRAIN)
+    cluster.create(ns, TRAIN, "run", train_spec())
+    pods = cluster.wait_pods(ns, ["run-worker-0", "run-worker-1"])
+    env = {e.name: e.value for e in pods[1].spec.containers[0].env}
+    assert env["MASTER_ADDR"] == f"run-worker-0.run.{ns}.svc" and env["NODE_RANK"] == "1" and env["WORLD_SIZE"] == "2"
+    assert pods[0].metadata.owner_references[0].kind == TRAIN
+    assert cluster.core.read_namespaced_service("run", ns).spec.cluster_ip == "None"
+    assert "spec.yaml" in cluster.core.read_namespaced_config_map("run-experiment", ns).data
+    assert cluster.wait_phase(ns, TRAIN, "run", "Created")["workers"]["active"] == 2
+    assert sample("m2f_operator_pods_created_total", kind=TRAIN) - created_before == 2
+
+    for pod in pods:
+        cluster.set_pod(ns, pod.metadata.name, "Running")
+    status = cluster.wait_phase(ns, TRAIN, "run", "Running")
+    assert status["startTime"] and status["observedGeneration"] == 1
+
+    for pod in pods:
+        cluster.set_pod(ns, pod.metadata.name, "Succeeded", exit_code=0)
+    status = cluster.wait_phase(ns, TRAIN, "run", "Succeeded")
+    assert status["completionTime"] and status["workers"] == {"active": 0, "succeeded": 2, "failed": 0}
+    assert status["artifacts"]["latestCheckpoint"].endswith("/train/mask2former_model_latest.pth")
+    reasons = [reason for _, reason in cluster.events(ns, "run")]
+    assert {"GangCreated", "AllPodsRunning", "Succeeded"} <= set(reasons)
+
+
+def test_gang_restart_then_backoff_limit(cluster):
+    ns = cluster.namespace()
+    restarts_before = sample("m2f_operator_gang_restarts_total", kind=TRAIN)
+    cluster.create(ns, TRAIN, "run", train_spec(backoffLimit=1))
+    cluster.wait_pods(ns, ["run-worker-0", "run-worker-1"], attempt=0)
+    cluster.set_pod(ns, "run-worker-0", "Running")
+    cluster.set_pod(ns, "run-worker-1", "Failed", exit_code=1, message="NCCL watchdog timeout")
+    # The whole gang goes, then attempt 1 comes back under the same names.
+    pods = cluster.wait_pods(ns, ["run-worker-0", "run-worker-1"], attempt=1)
+    assert cluster.status(ns, TRAIN, "run")["restarts"] == 1
+    restarting = cluster.condition(ns, TRAIN, "run", "Restarting")
+    assert "NCCL watchdog timeout" in restarting["message"]
+    assert sample("m2f_operator_gang_restarts_total", kind=TRAIN) - restarts_before == 1
+
+    cluster.set_pod(ns, pods[0].metadata.name, "Failed", exit_code=137)
+    status = cluster.wait_phase(ns, TRAIN, "run", "Failed")
+    assert status["restarts"] == 1  # backoffLimit 1: never a second restart
+    assert cluster.condition(ns, TRAIN, "run", "Failed")["reason"] == "BackoffLimitExceeded"
+    time.sleep(1.5)  # a few resyncs later: still no attempt 2
+    assert all(p.metadata.labels[meta.LABEL_ATTEMPT] == "1" for p in cluster.pods(ns))
+
+
+def test_permanent_exit_code_fails_at_once_with_the_message(cluster):
+    ns = cluster.namespace()
+    cluster.create(ns, TRAIN, "run", train_spec())
+    cluster.wait_pods(ns, ["run-worker-0", "run-worker-1"])
+    cluster.set_pod(ns, "run-worker-0", "Failed", exit_code=2, message="error: dataset.train.panoptic_json: not found")
+    cluster.wait_phase(ns, TRAIN, "run", "Failed")
+    failed = cluster.condition(ns, TRAIN, "run", "Failed")
+    assert failed["reason"] == "PermanentError" and "dataset.train.panoptic_json: not found" in failed["message"]
+    assert cluster.status(ns, TRAIN, "run")["restarts"] == 0
+    # cleanPodPolicy Running: the worker that was still running is deleted, the failed one kept for logs.
+    wait_for(lambda: [p.metadata.name for p in cluster.pods(ns)] == ["run-worker-0"], what="cleanup")
+
+
+def test_stuck_terminating_pod_on_a_lost_node_restarts_the_gang(cluster):
+    ns = cluster.namespace()
+    cluster.create(ns, TRAIN, "run", train_spec())
+    cluster.wait_pods(ns, ["run-worker-0", "run-worker-1"], attempt=0)
+    for name in ("run-worker-0", "run-worker-1"):
+        cluster.set_pod(ns, name, "Running")
+    cluster.wait_phase(ns, TRAIN, "run", "Running")
+    cluster.lost_namespaces.add(ns)  # the node stops answering: deletions are never confirmed
+    cluster.core.delete_namespaced_pod("run-worker-1", ns)  # e.g. a drain: grace 1 s, then stuck
+    cluster.wait_pods(ns, ["run-worker-0", "run-worker-1"], attempt=1, timeout=45)
+    assert cluster.status(ns, TRAIN, "run")["restarts"] == 1
+    assert "stuck terminating" in cluster.condition(ns, TRAIN, "run", "Restarting")["message"]
+    cluster.lost_namespaces.discard(ns)
+
+
+def test_suspend_and_resume(cluster):
+    ns = cluster.namespace()
+    cluster.create(ns, TRAIN, "run", train_spec())
+    cluster.wait_pods(ns, ["run-worker-0", "run-worker-1"])
+    cluster.patch_spec(ns, TRAIN, "run", {"suspend": True})
+    cluster.wait_phase(ns, TRAIN, "run", "Suspended")
+    wait_for(lambda: cluster.pods(ns) == [], what="pods deleted on suspend")
+    cluster.patch_spec(ns, TRAIN, "run", {"suspend": False})
+    cluster.wait_pods(ns, ["run-worker-0", "run-worker-1"])
+    cluster.wait_phase(ns, TRAIN, "run", "Created")
+    assert cluster.condition(ns, TRAIN, "run", "Suspended")["status"] == "False"
+    assert cluster.status(ns, TRAIN, "run")["restarts"] == 0  # a suspension is not a failure
+
+
+def test_ttl_after_finished_deletes_the_resource_and_its_children(cluster):
+    ns = cluster.namespace()
+    cluster.create(ns, TRAIN, "run", train_spec(nodes=1, ttlSecondsAfterFinished=1))
+    (pod,) = cluster.wait_pods(ns, ["run-worker-0"])
+    cluster.set_pod(ns, pod.metadata.name, "Succeeded", exit_code=0)
+    wait_for(lambda: cluster.get(ns, TRAIN, "run") is None, what="TTL deletion")
+    wait_for(lambda: cluster.pods(ns) == [], what="garbage collection of the pods")
+
+
+def test_invalid_spec_names_the_field_creates_nothing_and_does_not_retry(cluster):
+    ns = cluster.namespace()
+    cluster.create(ns, TRAIN, "run", train_spec(experiment={"model": {"mode": "bogus"}}))
+    status = cluster.wait_phase(ns, TRAIN, "run", "InvalidSpec")
+    assert status["message"].startswith("spec.experiment: model.mode")
+    assert ("Warning", "InvalidSpec") in cluster.events(ns, "run")
+    time.sleep(1.5)
+    assert cluster.pods(ns) == []
+    assert cluster.events(ns, "run").count(("Warning", "InvalidSpec")) == 1
+
+
+def test_evaluate_metrics_land_in_status(cluster):
+    ns = cluster.namespace()
+    cluster.create(ns, "Mask2FormerEvaluate", "ev", {"experiment": TINY_EXPERIMENT})
+    (pod,) = cluster.wait_pods(ns, ["ev-worker-0"])
+    summary = {"metrics": {"PQ": 41.5, "AP": 30.0, "mIoU": 52.25}, "artifacts": {"metrics_file": "/r/metrics.json"}}
+    cluster.set_pod(ns, pod.metadata.name, "Succeeded", exit_code=0, message=json.dumps(summary))
+    status = cluster.wait_phase(ns, "Mask2FormerEvaluate", "ev", "Succeeded")
+    assert status["metrics"] == {"PQ": 41.5, "AP": 30.0, "mIoU": 52.25}
+    assert status["artifacts"]["metricsFile"] == "/r/metrics.json"
+
+
+def test_export_waits_for_train_then_onnx_then_engine(cluster):
+    ns = cluster.namespace()
+    cluster.create(ns, "Mask2FormerExport", "exp", {
+        "experiment": TINY_EXPERIMENT, "trainRef": "run", "tensorRT": {"enabled": True, "precision": "fp16"}})
+    cluster.wait_phase(ns, "Mask2FormerExport", "exp", "WaitingForTrain")
+    cluster.create(ns, TRAIN, "run", train_spec(nodes=1))
+    (worker,) = cluster.wait_pods(ns, ["run-worker-0"])
+    cluster.set_pod(ns, worker.metadata.name, "Succeeded", exit_code=0)
+    wait_for(lambda: any(p.metadata.name == "exp-onnx-0" for p in cluster.pods(ns)), what="ONNX export pod")
+    onnx = next(p for p in cluster.pods(ns) if p.metadata.name == "exp-onnx-0")
+    assert any(arg.startswith("export.checkpoint=/results/train/run/") for arg in onnx.spec.containers[0].command)
+    cluster.set_pod(ns, "exp-onnx-0", "Succeeded", exit_code=0)
+    wait_for(lambda: any(p.metadata.name == "exp-trt-0" for p in cluster.pods(ns)), what="TensorRT builder pod")
+    trt = next(p for p in cluster.pods(ns) if p.metadata.name == "exp-trt-0")
+    assert trt.spec.containers[0].resources.limits[meta.GPU_RESOURCE] == "1"
+    assert cluster.condition(ns, "Mask2FormerExport", "exp", "OnnxExported")["status"] == "True"
+    cluster.set_pod(ns, "exp-trt-0", "Succeeded", exit_code=0)
+    status = cluster.wait_phase(ns, "Mask2FormerExport", "exp", "Succeeded")
+    assert status["artifacts"]["engineFile"] == "/results/export/exp/model.engine"
+    assert cluster.condition(ns, "Mask2FormerExport", "exp", "EngineBuilt")["status"] == "True"
