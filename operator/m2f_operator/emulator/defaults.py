@@ -70,7 +70,10 @@ def node(name: str) -> dict:
                             "message": "local kubelet is posting ready status",
                             "lastHeartbeatTime": _now(), "lastTransitionTime": _now()}],
             "addresses": [{"type": "InternalIP", "address": "127.0.0.1"}, {"type": "Hostname", "address": name}],
-            "nodeInfo": {"kubeletVersion": "v1.33.0-m2f-local", "operatingSystem": "linux"},
+            "nodeInfo": {"kubeletVersion": "v1.33.0-m2f-local", "kubeProxyVersion": "", "operatingSystem": "linux",
+                         "architecture": "amd64", "bootID": "", "machineID": "", "systemUUID": "",
+                         "containerRuntimeVersion": "local://processes", "kernelVersion": "",
+                         "osImage": "local processes (m2f dev cluster)"},
         },
     }
 

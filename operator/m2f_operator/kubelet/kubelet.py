@@ -1,0 +1,525 @@
+"""The local kubelet: watches Pods through the API and runs their containers as local process groups.
+
+Narrated lifecycle of one pod: bind it to a node (when unscheduled) -> prepare volumes, env and the
+path map (retrying while a ConfigMap is missing) -> Running with podIP 127.0.0.1 -> wait for the
+processes -> Succeeded/Failed with exit codes, reasons and termination messages. A deletion with
+grace sends SIGTERM to the process group, SIGKILL after the grace period, writes the final status
+and confirms with a delete of grace 0. Pods on a lost node never acknowledge anything.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import datetime
+import itertools
+import json
+import logging
+import os
+import signal
+import socket
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import aiohttp
+
+from m2f_operator.kubelet import podspec, volumes
+from m2f_operator.kubelet.podspec import PodConfigError
+
+logger = logging.getLogger(__name__)
+
+LOST_NODE_ANNOTATION = "m2f.dev/lost"
+PASSTHROUGH_ENV = ("PATH", "HOME", "USER", "LANG", "LC_ALL", "TZ", "TMPDIR", "PYTHONPATH", "VIRTUAL_ENV",
+                   "OMP_NUM_THREADS", "MKL_NUM_THREADS", "M2F_COCO_SAMPLE")
+MERGE_PATCH = {"Content-Type": "application/merge-patch+json"}
+
+
+def _now() -> str:
+    return datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def _exit_code(returncode: int) -> int:
+    return 128 - returncode if returncode < 0 else returncode  # killed by signal N -> 128 + N
+
+
+@dataclass
+class ContainerRun:
+    spec: dict
+    argv: list[str]
+    env: dict[str, str]
+    cwd: Path
+    log_path: Path
+    termination_path: Path
+    process: asyncio.subprocess.Process | None = None
+    started_at: str | None = None
+    restarts: int = 0
+    terminated: dict | None = None
+
+
+@dataclass
+class PodRun:
+    """A pod this kubelet runs: its folder, its containers' processes and what was asked of it."""
+
+    pod: dict
+    pod_dir: Path
+    containers: list[ContainerRun] = field(default_factory=list)
+    deleting: asyncio.Event = field(default_factory=asyncio.Event)
+    lost: bool = False
+    started_at: str | None = None
+    task: asyncio.Task | None = None
+
+    @property
+    def key(self) -> str:
+        return self.pod["metadata"]["uid"]
+
+    @property
+    def label(self) -> str:
+        return f"{self.pod['metadata'].get('namespace')}/{self.pod['metadata']['name']}"
+
+    def signal(self, signum: int) -> None:
+        for container in self.containers:
+            if container.process is not None and container.process.returncode is None:
+                with contextlib.suppress(ProcessLookupError, PermissionError):
+                    os.killpg(container.process.pid, signum)
+
+
+class Kubelet:
+    """Runs the pods bound to `nodes` (and binds unscheduled pods to them round robin when `schedule`)."""
+
+    def __init__(self, api_url: str, data_dir: Path, nodes: tuple[str, ...] = ("dev-node-0",), *,
+                 kubeconfig: Path | None = None, log_dir: Path | None = None,
+                 bin_dir: Path = Path(sys.executable).parent, schedule: bool = True,
+                 extra_env: dict[str, str] | None = None, watch_timeout: int = 60):
+        self.api_url = api_url.rstrip("/")
+        self.data_dir = Path(data_dir)
+        self.nodes = tuple(nodes)
+        self.kubeconfig = kubeconfig
+        self.log_dir = Path(log_dir) if log_dir else self.data_dir / "logs"
+        self.bin_dir = bin_dir
+        self.schedule = schedule
+        self.extra_env = dict(extra_env or {})
+        self.watch_timeout = watch_timeout
+        self.lost_nodes: set[str] = set()
+        self._pods: dict[str, PodRun] = {}
+        self._ports: dict[tuple, int] = {}
+        self._next_node = itertools.cycle(self.nodes)
+        self._http: aiohttp.ClientSession | None = None
+        self._stopping = asyncio.Event()
+
+    # -- API access -------------------------------------------------------------------------------
+
+    async def _request(self, method: str, path: str, body: object = None, headers: dict | None = None,
+                       ok_missing: bool = False) -> dict | None:
+        assert self._http is not None
+        async with self._http.request(method, self.api_url + path, json=body, headers=headers) as response:
+            if response.status == 404 and ok_missing:
+                return None
+            if response.status >= 400:
+                raise RuntimeError(f"{method} {path}: {response.status} {await response.text()}")
+            return await response.json(content_type=None)
+
+    @staticmethod
+    def _pod_path(pod: dict, suffix: str = "") -> str:
+        meta = pod["metadata"]
+        return f"/api/v1/namespaces/{meta['namespace']}/pods/{meta['name']}{suffix}"
+
+    async def _read_object(self, plural: str, namespace: str, name: str) -> dict | None:
+        return await self._request("GET", f"/api/v1/namespaces/{namespace}/{plural}/{name}", ok_missing=True)
+
+    async def _patch_status(self, run: PodRun, status: dict) -> None:
+        if run.lost:
+            return
+        try:
+            await self._request("PATCH", self._pod_path(run.pod, "/status"), {"status": status}, MERGE_PATCH,
+                                ok_missing=True)
+        except (RuntimeError, aiohttp.ClientError) as exc:
+            logger.warning("pod %s: status update failed: %s", run.label, exc)
+
+    async def _confirm_deletion(self, pod: dict) -> None:
+        with contextlib.suppress(RuntimeError, aiohttp.ClientError):
+            await self._request("DELETE", self._pod_path(pod), {"gracePeriodSeconds": 0}, ok_missing=True)
+
+    # -- main loop ------------------------------------------------------------------------------
+
+    async def run(self) -> None:
+        """Serve until `stop()`; then every local process is terminated."""
+        async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=None, sock_connect=10)) as self._http:
+            await self._register_nodes()
+            watches = [asyncio.create_task(self._watch("/api/v1/nodes", self._on_node)),
+                       asyncio.create_task(self._watch("/api/v1/pods", self._on_pod))]
+            try:
+                await self._stopping.wait()
+            finally:
+                for task in watches:
+                    task.cancel()
+                await self._shutdown_pods()
+
+    def stop(self) -> None:
+        self._stopping.set()
+
+    async def _register_nodes(self) -> None:
+        from m2f_operator.emulator.defaults import node as node_manifest
+
+        for name in self.nodes:
+            while True:
+                try:
+                    if await self._request("GET", f"/api/v1/nodes/{name}", ok_missing=True) is None:
+                        await self._request("POST", "/api/v1/nodes", dict(node_manifest(name), apiVersion="v1", kind="Node"))
+                    break
+                except (aiohttp.ClientError, RuntimeError) as exc:
+                    logger.info("waiting for the API server to register node %s: %s", name, exc)
+                    await asyncio.sleep(0.5)
+
+    async def _watch(self, path: str, handle) -> None:
+        """List, then watch from the list's resourceVersion; resume after timeouts, relist after errors."""
+        version = None
+        while not self._stopping.is_set():
+            try:
+                if version is None:
+                    listing = await self._request("GET", path)
+                    version = listing["metadata"]["resourceVersion"]
+                    for obj in listing["items"]:
+                        await handle("ADDED", obj)
+                query = f"?watch=true&resourceVersion={version}&timeoutSeconds={self.watch_timeout}"
+                assert self._http is not None
+                async with self._http.get(self.api_url + path + query) as response:
+                    async for line in response.content:
+                        if not line.strip():
+                            continue
+                        event = json.loads(line)
+                        if event["type"] == "ERROR":
+                            version = None  # e.g. 410 Gone: relist
+                            break
+                        version = event["object"]["metadata"]["resourceVersion"]
+                        await handle(event["type"], event["object"])
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # the API went away or a handler failed: keep serving
+                if not self._stopping.is_set():
+                    logger.warning("watch %s failed (%s); relisting", path, exc)
+                    version = None
+                    await asyncio.sleep(0.5)
+
+    async def _on_node(self, event_type: str, node: dict) -> None:
+        name = node["metadata"]["name"]
+        annotations = node["metadata"].get("annotations") or {}
+        if name in self.nodes and annotations.get(LOST_NODE_ANNOTATION) == "true" and name not in self.lost_nodes:
+            await self.lose_node(name)
+
+    async def lose_node(self, name: str) -> None:
+        """Simulate losing a node: its processes freeze and nothing about its pods is reported any more."""
+        self.lost_nodes.add(name)
+        for run in list(self._pods.values()):
+            if run.pod["spec"].get("nodeName") == name:
+                run.lost = True
+                run.signal(signal.SIGSTOP)
+        ready = {"type": "Ready", "status": "Unknown", "reason": "NodeStatusUnknown",
+                 "message": "Kubelet stopped posting node status (simulated lost node).", "lastTransitionTime": _now()}
+        with contextlib.suppress(RuntimeError, aiohttp.ClientError):
+            await self._request("PATCH", f"/api/v1/nodes/{name}/status", {"status": {"conditions": [ready]}},
+                                MERGE_PATCH)
+        logger.info("node %s is lost: its pods will never acknowledge termination", name)
+
+    async def _on_pod(self, event_type: str, pod: dict) -> None:
+        meta, spec = pod["metadata"], pod.get("spec", {})
+        run = self._pods.get(meta["uid"])
+        if event_type == "DELETED":
+            if run is not None:  # force-deleted (or its node was lost): nothing to report any more
+                run.lost = True
+                run.signal(signal.SIGCONT)
+                run.signal(signal.SIGKILL)
+            return
+        node = spec.get("nodeName")
+        if not node:
+            if self.schedule and not meta.get("deletionTimestamp"):
+                await self._bind(pod)
+            return
+        if node not in self.nodes:
+            return
+        if run is not None:
+            run.pod = pod
+            if meta.get("deletionTimestamp") and not run.lost:
+                run.deleting.set()
+            return
+        if node in self.lost_nodes:
+            return
+        phase = (pod.get("status") or {}).get("phase")
+        if meta.get("deletionTimestamp"):
+            await self._confirm_deletion(pod)  # never started here (or finished): nothing to stop
+        elif phase not in ("Succeeded", "Failed"):
+            run = PodRun(pod=pod, pod_dir=self._pod_dir(pod))
+            self._pods[run.key] = run
+            run.task = asyncio.create_task(self._lifecycle(run), name=f"pod {run.label}")
+
+    async def _bind(self, pod: dict) -> None:
+        candidates = [n for n in self.nodes if n not in self.lost_nodes]
+        if not candidates:
+            return
+        node = next(self._next_node)
+        while node in self.lost_nodes:
+            node = next(self._next_node)
+        binding = {"apiVersion": "v1", "kind": "Binding", "metadata": {"name": pod["metadata"]["name"]},
+                   "target": {"apiVersion": "v1", "kind": "Node", "name": node}}
+        with contextlib.suppress(RuntimeError, aiohttp.ClientError):  # already bound or gone
+            await self._request("POST", self._pod_path(pod, "/binding"), binding)
+
+    def _pod_dir(self, pod: dict) -> Path:
+        meta = pod["metadata"]
+        return self.data_dir / "pods" / meta["namespace"] / f"{meta['name']}-{meta['uid'][:8]}"
+
+    # -- one pod ----------------------------------------------------------------------------------
+
+    async def _lifecycle(self, run: PodRun) -> None:
+        try:
+            if not await self._prepare_until_ready(run):
+                await self._confirm_deletion(run.pod)
+                return
+            run.started_at = _now()
+            init_ok = await self._run_init_containers(run)
+            if init_ok:
+                await self._run_containers(run)
+            if run.lost:
+                return
+            await self._patch_status(run, self._final_status(run))
+            if run.deleting.is_set():
+                await self._confirm_deletion(run.pod)
+        except Exception:
+            logger.exception("pod %s: the local kubelet failed to run it", run.label)
+        finally:
+            self._pods.pop(run.key, None)
+
+    async def _prepare_until_ready(self, run: PodRun) -> bool:
+        """Build every container's process spec; a missing ConfigMap is retried like a real kubelet."""
+        while not run.deleting.is_set() and not self._stopping.is_set():
+            try:
+                run.containers = await self._prepare(run)
+                return True
+            except PodConfigError as exc:
+                waiting = {"waiting": {"reason": exc.reason, "message": str(exc)}}
+                await self._patch_status(run, {"phase": "Pending", "containerStatuses": [
+                    {"name": c["name"], "image": c.get("image", ""), "imageID": "", "ready": False,
+                     "restartCount": 0, "started": False, "state": waiting}
+                    for c in run.pod["spec"].get("containers", [])]})
+                with contextlib.suppress(asyncio.TimeoutError):
+                    await asyncio.wait_for(run.deleting.wait(), 1.0)
+        return False
+
+    async def _prepare(self, run: PodRun) -> list[ContainerRun]:
+        pod = run.pod
+        run.pod_dir.mkdir(parents=True, exist_ok=True)
+        volume_dirs, config_files = await volumes.materialise(pod, run.pod_dir, self.data_dir, self._read_object)
+        config_cache: dict[tuple, dict] = {}
+        for plural in ("configmaps", "secrets"):
+            for container in [*pod["spec"].get("initContainers", []), *pod["spec"].get("containers", [])]:
+                for ref in _config_refs(container, plural):
+                    obj = await self._read_object(plural, pod["metadata"]["namespace"], ref)
+                    if obj is not None:
+                        config_cache[(plural, ref)] = _decoded_data(obj, plural == "secrets")
+
+        def read_config(plural: str, namespace: str, name: str) -> dict:
+            return config_cache[(plural, name)]
+
+        log_dir = self.log_dir / pod["metadata"]["namespace"] / pod["metadata"]["name"]
+        log_dir.mkdir(parents=True, exist_ok=True)
+        runs = []
+        for index, container in enumerate([*pod["spec"].get("initContainers", []), *pod["spec"].get("containers", [])]):
+            paths = volumes.mount_map(container, volume_dirs, run.pod_dir)
+            if index == 0:
+                volumes.rewrite_files(config_files, paths)
+            env = podspec.build_env(pod, container, read_config)
+            env = podspec.remap_ports(env, lambda name, port: self._allocate_port(pod, name, port))
+            env = {name: podspec.rewrite_cluster_dns(paths.path(value)) for name, value in env.items()}
+            argv = [*container.get("command", []), *container.get("args", [])]
+            argv = [podspec.rewrite_cluster_dns(paths.path(podspec._expand(arg, env))) for arg in argv]
+            process_env = {name: os.environ[name] for name in PASSTHROUGH_ENV if name in os.environ}
+            # Unbuffered like the trainer image: logs interleave in order, the last line is the error.
+            process_env.update(HOSTNAME=pod["spec"].get("hostname") or pod["metadata"]["name"], PYTHONUNBUFFERED="1")
+            if self.kubeconfig is not None:
+                process_env["KUBECONFIG"] = str(self.kubeconfig)
+            process_env.update(self.extra_env)
+            process_env.update(env)
+            cwd = Path(paths.path(container["workingDir"])) if container.get("workingDir") else run.pod_dir
+            cwd.mkdir(parents=True, exist_ok=True)
+            runs.append(ContainerRun(
+                spec=container, argv=podspec.resolve_command(argv, self.bin_dir), env=process_env, cwd=cwd,
+                log_path=log_dir / f"{container['name']}.log",
+                termination_path=volumes.termination_file(run.pod_dir, container)))
+        return runs
+
+    def _allocate_port(self, pod: dict, env_name: str, port: int) -> int:
+        """One free local port per (job, variable, port): the whole gang shares MASTER_PORT's remap."""
+        owners = pod["metadata"].get("ownerReferences") or []
+        owner = next((ref["uid"] for ref in owners if ref.get("controller")), None) or pod["metadata"]["name"]
+        key = (pod["metadata"]["namespace"], owner, env_name, port)
+        if key not in self._ports:
+            with socket.socket() as probe:
+                probe.bind(("127.0.0.1", 0))
+                self._ports[key] = probe.getsockname()[1]
+        return self._ports[key]
+
+    async def _start(self, run: PodRun, container: ContainerRun) -> None:
+        container.termination_path.parent.mkdir(parents=True, exist_ok=True)
+        container.termination_path.write_bytes(b"")
+        with open(container.log_path, "ab") as log:
+            container.process = await asyncio.create_subprocess_exec(
+                *container.argv, env=container.env, cwd=container.cwd, stdin=asyncio.subprocess.DEVNULL,
+                stdout=log, stderr=asyncio.subprocess.STDOUT, start_new_session=True)
+        container.started_at = _now()
+        (run.pod_dir / f"pid-{container.spec['name']}").write_text(str(container.process.pid))
+        logger.info("pod %s: container %s started as pid %d: %s", run.label, container.spec["name"],
+                    container.process.pid, container.argv)
+
+    async def _run_init_containers(self, run: PodRun) -> bool:
+        init_names = {c["name"] for c in run.pod["spec"].get("initContainers", [])}
+        for container in [c for c in run.containers if c.spec["name"] in init_names]:
+            await self._start(run, container)
+            await self._patch_status(run, self._status(run, "Pending"))
+            await self._wait_or_terminate(run, [container])
+            if container.terminated and container.terminated["exitCode"] != 0:
+                return False
+        return True
+
+    async def _run_containers(self, run: PodRun) -> None:
+        init_names = {c["name"] for c in run.pod["spec"].get("initContainers", [])}
+        main = [c for c in run.containers if c.spec["name"] not in init_names]
+        for container in main:
+            await self._start(run, container)
+        await self._patch_status(run, self._status(run, "Running"))
+        restart_policy = run.pod["spec"].get("restartPolicy", "Always")
+        while True:
+            await self._wait_or_terminate(run, main)
+            if run.deleting.is_set() or run.lost or self._stopping.is_set():
+                return
+            to_restart = [c for c in main if c.terminated and (
+                restart_policy == "Always" or (restart_policy == "OnFailure" and c.terminated["exitCode"] != 0))]
+            if not to_restart:
+                return
+            await self._patch_status(run, self._status(run, "Running"))
+            await asyncio.sleep(1.0)  # crash-loop backoff, kept short for local runs
+            for container in to_restart:
+                container.restarts += 1
+                container.terminated = None
+                await self._start(run, container)
+            await self._patch_status(run, self._status(run, "Running"))
+
+    async def _wait_or_terminate(self, run: PodRun, containers: list[ContainerRun]) -> None:
+        """Wait until these containers exit; on deletion SIGTERM them, SIGKILL after the grace period."""
+        waits = {asyncio.ensure_future(c.process.wait()): c for c in containers if c.process and c.terminated is None}
+        deleting = asyncio.ensure_future(run.deleting.wait())
+        kill_timer: asyncio.Task | None = None
+        try:
+            while waits:
+                done, _ = await asyncio.wait([*waits, deleting], return_when=asyncio.FIRST_COMPLETED)
+                for finished in [task for task in done if task in waits]:
+                    self._record_exit(run, waits.pop(finished))
+                    if run.pod["spec"].get("restartPolicy", "Always") != "Never" and not run.deleting.is_set():
+                        return  # let the caller restart it
+                if deleting in done and kill_timer is None and not run.lost:
+                    grace = int(run.pod["metadata"].get("deletionGracePeriodSeconds") or 0)
+                    logger.info("pod %s: deleting, SIGTERM (grace %ds)", run.label, grace)
+                    run.signal(signal.SIGTERM)
+                    kill_timer = asyncio.create_task(self._kill_after(run, grace))
+        finally:
+            deleting.cancel()
+            if kill_timer is not None:
+                kill_timer.cancel()
+            for task in waits:
+                task.cancel()
+
+    @staticmethod
+    async def _kill_after(run: PodRun, grace: int) -> None:
+        await asyncio.sleep(grace)
+        logger.info("pod %s: grace period over, SIGKILL", run.label)
+        run.signal(signal.SIGKILL)
+
+    def _record_exit(self, run: PodRun, container: ContainerRun) -> None:
+        assert container.process is not None and container.process.returncode is not None
+        code = _exit_code(container.process.returncode)
+        message = container.termination_path.read_bytes()[:4096].decode(errors="replace") \
+            if container.termination_path.exists() else ""
+        if not message.strip() and code != 0 and container.spec.get("terminationMessagePolicy") == "FallbackToLogsOnError":
+            tail = container.log_path.read_bytes()[-2048:].decode(errors="replace").splitlines()[-80:]
+            message = "\n".join(tail)
+        container.terminated = {"exitCode": code, "reason": "Completed" if code == 0 else "Error",
+                                "startedAt": container.started_at, "finishedAt": _now(),
+                                "containerID": f"local://{container.process.pid}"}
+        if message.strip():
+            container.terminated["message"] = message.strip()
+        logger.info("pod %s: container %s exited with %d", run.label, container.spec["name"], code)
+
+    # -- status -----------------------------------------------------------------------------------
+
+    def _container_status(self, container: ContainerRun) -> dict:
+        pid = container.process.pid if container.process else None
+        if container.terminated is not None:
+            state = {"terminated": container.terminated}
+        elif container.process is not None:
+            state = {"running": {"startedAt": container.started_at}}
+        else:
+            state = {"waiting": {"reason": "PodInitializing"}}
+        return {"name": container.spec["name"], "image": container.spec.get("image", ""), "imageID": "",
+                "containerID": f"local://{pid}" if pid else "", "ready": "running" in state,
+                "started": "running" in state, "restartCount": container.restarts, "state": state,
+                "lastState": {}}
+
+    def _status(self, run: PodRun, phase: str) -> dict:
+        init_names = {c["name"] for c in run.pod["spec"].get("initContainers", [])}
+        main = [c for c in run.containers if c.spec["name"] not in init_names]
+        ready = phase == "Running" and all(c.terminated is None for c in main)
+        now = _now()
+
+        def condition(kind: str, status: bool) -> dict:
+            return {"type": kind, "status": "True" if status else "False", "lastProbeTime": None,
+                    "lastTransitionTime": now}
+
+        status = {
+            "phase": phase, "hostIP": "127.0.0.1", "podIP": "127.0.0.1", "podIPs": [{"ip": "127.0.0.1"}],
+            "startTime": run.started_at,
+            "conditions": [condition("PodScheduled", True), condition("Initialized", phase != "Pending"),
+                           condition("ContainersReady", ready), condition("Ready", ready)],
+            "containerStatuses": [self._container_status(c) for c in main],
+        }
+        if init_names:
+            status["initContainerStatuses"] = [self._container_status(c) for c in run.containers
+                                               if c.spec["name"] in init_names]
+        return status
+
+    def _final_status(self, run: PodRun) -> dict:
+        codes = [c.terminated["exitCode"] for c in run.containers if c.terminated is not None]
+        failed = any(code != 0 for code in codes) or len(codes) < len(run.containers)
+        return self._status(run, "Failed" if failed else "Succeeded")
+
+    async def _shutdown_pods(self) -> None:
+        runs = list(self._pods.values())
+        for run in runs:
+            run.lost = True  # the API may be gone already: report nothing
+            run.signal(signal.SIGCONT)
+            run.signal(signal.SIGTERM)
+        await asyncio.sleep(0.5 if runs else 0)
+        for run in runs:
+            run.signal(signal.SIGKILL)
+            if run.task is not None:
+                run.task.cancel()
+        for run in runs:
+            if run.task is not None:
+                with contextlib.suppress(asyncio.CancelledError, Exception):
+                    await run.task
+
+
+def _config_refs(container: dict, plural: str) -> set[str]:
+    key, ref_key = ("configMapRef", "configMapKeyRef") if plural == "configmaps" else ("secretRef", "secretKeyRef")
+    names = {source[key]["name"] for source in container.get("envFrom", []) if key in source}
+    names |= {item["valueFrom"][ref_key]["name"] for item in container.get("env", [])
+              if ref_key in (item.get("valueFrom") or {})}
+    return names
+
+
+def _decoded_data(obj: dict, is_secret: bool) -> dict:
+    import base64
+
+    data = dict(obj.get("data") or {})
+    if is_secret:
+        data = {key: base64.b64decode(value).decode(errors="replace") for key, value in data.items()}
+        data.update(obj.get("stringData") or {})
+    return data

@@ -1,0 +1,246 @@
+"""The local kubelet against the API emulator: real processes, real pod status, deletion, lost nodes."""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from pathlib import Path
+
+import kubernetes
+import pytest
+from kubernetes.client.rest import ApiException
+
+from m2f_operator.emulator import run_emulator
+from m2f_operator.kubelet import PathMap, rewrite_cluster_dns, run_kubelet
+
+NODES = ("node-a", "node-b")
+
+
+@pytest.fixture()
+def cluster(tmp_path):
+    """Emulator + kubelet (two nodes, it schedules) sharing a data dir; yields (core api, kubelet, data dir)."""
+    data_dir = tmp_path / "data"
+    with run_emulator(log_dir=data_dir / "logs") as api:
+        client = kubernetes.config.new_client_from_config(config_file=str(api.kubeconfig))
+        with run_kubelet(api.url, data_dir, NODES, kubeconfig=api.kubeconfig, watch_timeout=5) as kubelet:
+            yield kubernetes.client.CoreV1Api(client), kubelet, data_dir
+        client.close()
+
+
+def _pod(name: str, script: str, *, grace: int = 30, env: list | None = None, volumes: list | None = None,
+         mounts: list | None = None, owner_uid: str | None = None, policy: str = "File") -> dict:
+    metadata: dict = {"name": name}
+    if owner_uid:
+        metadata["ownerReferences"] = [{"apiVersion": "v1", "kind": "ConfigMap", "name": "owner", "uid": owner_uid,
+                                        "controller": True}]
+    return {"metadata": metadata, "spec": {
+        "restartPolicy": "Never", "terminationGracePeriodSeconds": grace,
+        "containers": [{"name": "main", "image": "ignored:1", "command": ["python", "-c", script],
+                        "env": env or [], "volumeMounts": mounts or [], "terminationMessagePolicy": policy}],
+        "volumes": volumes or []}}
+
+
+def _wait(core, name: str, predicate, timeout: float = 30.0):
+    deadline = time.monotonic() + timeout
+    last = None
+    while time.monotonic() < deadline:
+        try:
+            last = core.read_namespaced_pod(name, "default")
+        except ApiException as exc:
+            if exc.status != 404:
+                raise
+            last = None
+        if predicate(last):
+            return last
+        time.sleep(0.1)
+    raise AssertionError(f"pod {name} did not reach the expected state; last seen: {last}")
+
+
+def _terminated(pod):
+    statuses = (pod.status.container_statuses or []) if pod else []
+    return statuses[0].state.terminated if statuses and statuses[0].state.terminated else None
+
+
+def _pid(data_dir: Path, name: str) -> int:
+    pid_files = list((data_dir / "pods" / "default").glob(f"{name}-*/pid-main"))
+    assert pid_files, f"no pid file for {name}"
+    return int(pid_files[0].read_text())
+
+
+def _process_state(pid: int) -> str | None:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except FileNotFoundError:
+        return None
+
+
+def test_pod_runs_with_env_volumes_and_reports_failure(cluster):
+    core, _, data_dir = cluster
+    core.create_namespaced_config_map("default", {"metadata": {"name": "exp"}, "data": {
+        "spec.yaml": "results_dir: /results/run1\n", "lr": "0.1"}})
+    script = (
+        "import os, sys, json\n"
+        "spec = open(sys.argv[1]).read()\n"
+        "open(os.environ['MSG_PATH'], 'w').write('error: bad lr')\n"
+        "print(json.dumps({'env': {k: os.environ[k] for k in ('POD', 'NS', 'IP', 'LR', 'MASTER_ADDR', 'MASTER_PORT', 'KUBECONFIG')}, 'spec': spec, 'cwd': os.getcwd()}))\n"
+        "sys.exit(3)\n")
+    pod = _pod("failing", script, env=[
+        {"name": "POD", "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}},
+        {"name": "NS", "valueFrom": {"fieldRef": {"fieldPath": "metadata.namespace"}}},
+        {"name": "IP", "valueFrom": {"fieldRef": {"fieldPath": "status.podIP"}}},
+        {"name": "LR", "valueFrom": {"configMapKeyRef": {"name": "exp", "key": "lr"}}},
+        {"name": "MASTER_ADDR", "value": "failing-0.job.default.svc"},
+        {"name": "MASTER_PORT", "value": "29500"},
+        {"name": "MSG_PATH", "value": "/dev/termination-log"},
+    ], volumes=[{"name": "experiment", "configMap": {"name": "exp"}},
+                {"name": "results", "persistentVolumeClaim": {"claimName": "results"}}],
+        mounts=[{"name": "experiment", "mountPath": "/etc/m2f"}, {"name": "results", "mountPath": "/results"}])
+    pod["spec"]["containers"][0]["command"].append("/etc/m2f/spec.yaml")
+    core.create_namespaced_pod("default", pod)
+    done = _wait(core, "failing", lambda p: p and p.status.phase == "Failed")
+    terminated = _terminated(done)
+    assert (terminated.exit_code, terminated.reason, terminated.message) == (3, "Error", "error: bad lr")
+    assert done.spec.node_name in NODES and done.status.pod_ip == "127.0.0.1" and done.status.start_time
+    output = json.loads(core.read_namespaced_pod_log("failing", "default"))
+    env = output["env"]
+    assert (env["POD"], env["NS"], env["IP"], env["LR"]) == ("failing", "default", "127.0.0.1", "0.1")
+    assert env["MASTER_ADDR"] == "127.0.0.1" and env["MASTER_PORT"] != "29500"
+    assert Path(env["KUBECONFIG"]).is_file()
+    # the configMap file was materialised, with the PVC mount path rewritten to its local folder
+    assert output["spec"] == f"results_dir: {data_dir / 'pvc' / 'default' / 'results'}/run1\n"
+    assert (data_dir / "pvc" / "default" / "results").is_dir()
+
+
+def test_pod_succeeds_through_running(cluster):
+    core, _, _ = cluster
+    phases = []
+    core.create_namespaced_pod("default", _pod("ok", "import time; time.sleep(1.0); print('done')"))
+    _wait(core, "ok", lambda p: phases.append(p.status.phase) or p.status.phase == "Succeeded")
+    assert "Running" in phases
+    terminated = _terminated(core.read_namespaced_pod("ok", "default"))
+    assert (terminated.exit_code, terminated.reason) == (0, "Completed")
+    assert core.read_namespaced_pod_log("ok", "default") == "done\n"
+
+
+def test_log_tail_is_the_message_on_error_when_asked(cluster):
+    core, _, _ = cluster
+    script = "import sys; print('working'); print('error: dataset.train.panoptic_json: no such file', file=sys.stderr); sys.exit(2)"
+    core.create_namespaced_pod("default", _pod("fallback", script, policy="FallbackToLogsOnError"))
+    done = _wait(core, "fallback", lambda p: p and p.status.phase == "Failed")
+    terminated = _terminated(done)
+    assert terminated.exit_code == 2 and terminated.message.splitlines()[-1] == (
+        "error: dataset.train.panoptic_json: no such file")
+
+
+def test_delete_sends_sigterm_and_confirms_after_exit(cluster, tmp_path):
+    core, _, _ = cluster
+    marker = tmp_path / "got-sigterm"
+    script = ("import signal, sys, time\n"
+              f"signal.signal(signal.SIGTERM, lambda *a: (open({str(marker)!r}, 'w').write('x'), sys.exit(143)))\n"
+              "print('ready', flush=True)\n"
+              "time.sleep(60)\n")
+    core.create_namespaced_pod("default", _pod("graceful", script, grace=20))
+    _wait(core, "graceful", lambda p: p and p.status.phase == "Running")
+    time.sleep(0.5)  # let the handler install
+    began = time.monotonic()
+    core.delete_namespaced_pod("graceful", "default")
+    _wait(core, "graceful", lambda p: p is None, timeout=15)
+    assert marker.read_text() == "x" and time.monotonic() - began < 10
+
+
+def test_grace_period_expiry_kills_and_force_delete_kills_at_once(cluster):
+    core, _, data_dir = cluster
+    stubborn = "import signal, time\nsignal.signal(signal.SIGTERM, signal.SIG_IGN)\nprint('up', flush=True)\ntime.sleep(120)\n"
+    core.create_namespaced_pod("default", _pod("stubborn", stubborn, grace=1))
+    core.create_namespaced_pod("default", _pod("forced", stubborn, grace=30))
+    _wait(core, "stubborn", lambda p: p and p.status.phase == "Running")
+    _wait(core, "forced", lambda p: p and p.status.phase == "Running")
+    stubborn_pid, forced_pid = _pid(data_dir, "stubborn"), _pid(data_dir, "forced")
+    time.sleep(0.5)
+    core.delete_namespaced_pod("stubborn", "default")
+    _wait(core, "stubborn", lambda p: p is None, timeout=15)
+    assert _process_state(stubborn_pid) in (None, "Z")
+    core.delete_namespaced_pod("forced", "default", grace_period_seconds=0)
+    _wait(core, "forced", lambda p: p is None, timeout=5)
+    deadline = time.monotonic() + 10
+    while _process_state(forced_pid) not in (None, "Z") and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert _process_state(forced_pid) in (None, "Z")
+
+
+def test_lost_node_never_acknowledges_termination(cluster):
+    core, kubelet, data_dir = cluster
+    core.create_namespaced_pod("default", dict(_pod("stranded", "import time; time.sleep(120)", grace=1)))
+    running = _wait(core, "stranded", lambda p: p and p.status.phase == "Running")
+    pid = _pid(data_dir, "stranded")
+    core.patch_node(running.spec.node_name, {"metadata": {"annotations": {"m2f.dev/lost": "true"}}})
+    deadline = time.monotonic() + 10
+    while _process_state(pid) != "T" and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert _process_state(pid) == "T"  # frozen, like a partitioned machine
+    node = core.read_node(running.spec.node_name)
+    assert {c.type: c.status for c in node.status.conditions}["Ready"] == "Unknown"
+    core.delete_namespaced_pod("stranded", "default")
+    time.sleep(2.5)  # well past the 1 s grace period: still Terminating
+    stuck = core.read_namespaced_pod("stranded", "default")
+    assert stuck.metadata.deletion_timestamp is not None and stuck.status.phase == "Running"
+    core.delete_namespaced_pod("stranded", "default", grace_period_seconds=0)
+    _wait(core, "stranded", lambda p: p is None, timeout=5)
+    deadline = time.monotonic() + 10
+    while _process_state(pid) not in (None, "Z") and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert _process_state(pid) in (None, "Z")
+    # new pods are no longer scheduled onto the lost node
+    core.create_namespaced_pod("default", _pod("fresh", "pass"))
+    fresh = _wait(core, "fresh", lambda p: p and p.status.phase == "Succeeded")
+    assert fresh.spec.node_name != running.spec.node_name
+
+
+def test_missing_configmap_waits_then_starts(cluster):
+    core, _, _ = cluster
+    pod = _pod("waits", "import os; print(os.environ['X'])", env=[
+        {"name": "X", "valueFrom": {"configMapKeyRef": {"name": "late", "key": "x"}}}])
+    core.create_namespaced_pod("default", pod)
+    pending = _wait(core, "waits", lambda p: p and p.status.container_statuses)
+    assert pending.status.phase == "Pending"
+    assert pending.status.container_statuses[0].state.waiting.reason == "CreateContainerConfigError"
+    core.create_namespaced_config_map("default", {"metadata": {"name": "late"}, "data": {"x": "hello"}})
+    _wait(core, "waits", lambda p: p and p.status.phase == "Succeeded")
+    assert core.read_namespaced_pod_log("waits", "default") == "hello\n"
+
+
+def test_ports_are_remapped_per_job(cluster):
+    core, _, _ = cluster
+    script = "import os; print(os.environ['MASTER_PORT'])"
+    env = [{"name": "MASTER_PORT", "value": "29500"}]
+    for name, owner in (("a0", "uid-a"), ("a1", "uid-a"), ("b0", "uid-b")):
+        core.create_namespaced_pod("default", _pod(name, script, env=env, owner_uid=owner))
+    ports = {}
+    for name in ("a0", "a1", "b0"):
+        _wait(core, name, lambda p: p and p.status.phase == "Succeeded")
+        ports[name] = int(core.read_namespaced_pod_log(name, "default"))
+    assert ports["a0"] == ports["a1"] != ports["b0"] and 29500 not in ports.values()
+
+
+@pytest.mark.parametrize("value, expected", [
+    ("train-worker-0.train.default.svc", "127.0.0.1"),
+    ("train-worker-0.train.default.svc.cluster.local", "127.0.0.1"),
+    ("http://metrics.ns.svc:9091/metrics", "http://127.0.0.1:9091/metrics"),
+    ("example.com", "example.com"),
+])
+def test_cluster_dns_names_resolve_locally(value, expected):
+    assert rewrite_cluster_dns(value) == expected
+
+
+def test_path_map_rewrites_longest_prefix_in_args_and_files(tmp_path):
+    paths = PathMap()
+    paths.add("/results", tmp_path / "r")
+    paths.add("/results/special", tmp_path / "s")
+    paths.add("/etc/m2f", tmp_path / "etc")
+    assert paths.path("/results/special/x") == f"{tmp_path}/s/x"
+    assert paths.path("train.results_dir=/results/a") == f"train.results_dir={tmp_path}/r/a"
+    assert paths.path("/resultsXYZ") == "/resultsXYZ"
+    text = "results_dir: /results/a\ndata: [\"/etc/m2f/x\", /other/results]\n"
+    assert paths.text(text) == f"results_dir: {tmp_path}/r/a\ndata: [\"{tmp_path}/etc/x\", /other/results]\n"
+    assert os.path.isabs(paths.path("/etc/m2f"))
