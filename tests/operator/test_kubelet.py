@@ -10,7 +10,6 @@ from pathlib import Path
 import kubernetes
 import pytest
 from kubernetes.client.rest import ApiException
-
 from m2f_operator.emulator import run_emulator
 from m2f_operator.kubelet import PathMap, rewrite_cluster_dns, run_kubelet
 
