@@ -1,0 +1,113 @@
+"""The CRDs: generated from the trainer's spec schema, not stale, structural, valid; the examples conform."""
+
+from __future__ import annotations
+
+import copy
+
+import jsonschema
+import kubernetes_validate
+import pytest
+import yaml
+
+from m2f_operator import crds
+from m2f_operator.builders import build_configmap, build_gang, build_service, build_stages, meta
+from m2f_operator.validation import spec_error
+
+EXAMPLES = ["train.yaml", "evaluate.yaml", "inference.yaml", "export.yaml"]
+
+
+@pytest.mark.parametrize("folder", ["crds", "charts/mask2former-operator/crds"])
+def test_committed_crds_are_not_stale(repo_root, folder):
+    assert crds.stale_files(repo_root / folder) == [], "run `make crds`"
+    assert crds.main(["check", str(repo_root / folder)]) == 0
+
+
+def test_check_fails_on_a_stale_or_missing_crd(tmp_path, capsys):
+    assert crds.main(["write", str(tmp_path)]) == 0
+    assert crds.main(["check", str(tmp_path)]) == 0
+    victim = next(tmp_path.glob("*trains.yaml"))
+    victim.write_text(victim.read_text().replace("Immutable.", "Mutable."))
+    (tmp_path / "mask2former.io_mask2formerevaluates.yaml").unlink()
+    assert crds.main(["check", str(tmp_path)]) == 1
+    err = capsys.readouterr().err
+    assert "mask2formertrains" in err and "mask2formerevaluates" in err and "make crds" in err
+    assert crds.main(["bogus"]) == 2
+
+
+def _walk(node, path="$"):
+    if isinstance(node, dict):
+        yield path, node
+        for key, value in node.items():
+            yield from _walk(value, f"{path}.{key}")
+    elif isinstance(node, list):
+        for i, value in enumerate(node):
+            yield from _walk(value, f"{path}[{i}]")
+
+
+@pytest.mark.parametrize("info", list(meta.KINDS.values()), ids=lambda i: i.kind)
+def test_crd_is_valid_structural_and_complete(info):
+    crd = crds.build_crd(info)
+    kubernetes_validate.validate(crd, "1.30", strict=True)
+    names = crd["spec"]["names"]
+    assert names["categories"] == ["mask2former"] and names["shortNames"] == list(info.short_names)
+    (version,) = crd["spec"]["versions"]
+    assert version["subresources"] == {"status": {}}
+    columns = {c["name"] for c in version["additionalPrinterColumns"]}
+    assert {"Phase", "Restarts", "Age"} <= columns
+    if info.task == "train":
+        assert {"Nodes", "Epoch", "Total", "Metric", "Value"} <= columns
+    schema = version["schema"]["openAPIV3Schema"]
+    spec = schema["properties"]["spec"]
+    experiment = spec["properties"]["experiment"]
+    assert experiment["x-kubernetes-validations"][0]["rule"] == "self == oldSelf"
+    assert "x-kubernetes-validations" not in spec["properties"]["suspend"]
+    assert schema["properties"]["status"]["properties"]["kopf"]["x-kubernetes-preserve-unknown-fields"] is True
+    # Structural-schema rules the API server enforces on CRDs.
+    for path, node in _walk(schema):
+        if "properties" in node:
+            assert node.get("type") == "object", path
+            assert "additionalProperties" not in node, path
+        assert "default" not in node or not path.startswith("$.properties.spec.properties.experiment"), path
+    # The experiment schema is the trainer's: the same sections and enums.
+    from m2f_trainer.config import json_schema
+
+    assert set(experiment["properties"]) == set(json_schema()["properties"])
+
+
+def _openapi_to_jsonschema(node):
+    """OpenAPI v3.0 `nullable` -> JSON Schema type lists, so jsonschema can check examples."""
+    if isinstance(node, list):
+        return [_openapi_to_jsonschema(n) for n in node]
+    if not isinstance(node, dict):
+        return node
+    out = {k: _openapi_to_jsonschema(v) for k, v in node.items() if not k.startswith("x-kubernetes")}
+    if out.pop("nullable", False) and "type" in out:
+        out["type"] = [out["type"], "null"]
+    if out.get("exclusiveMinimum") is True:
+        out["exclusiveMinimum"] = out.pop("minimum")
+    return out
+
+
+@pytest.mark.parametrize("example", EXAMPLES)
+def test_examples_conform_to_their_crd_and_render_valid_pods(repo_root, example):
+    body = yaml.safe_load((repo_root / "examples" / example).read_text())
+    info = meta.KINDS[body["kind"]]
+    schema = crds.build_crd(info)["spec"]["versions"][0]["schema"]["openAPIV3Schema"]
+    jsonschema.validate(body, _openapi_to_jsonschema(schema))
+    body = copy.deepcopy(body)
+    body["metadata"].update(namespace="ml", uid="0000")
+    assert spec_error(body) is None
+    checkpoint = "/results/train/x/model.pth" if info.task == "export" else None
+    for stage in build_stages(body, checkpoint=checkpoint):
+        for pod in build_gang(body, stage, attempt=0):
+            kubernetes_validate.validate(pod, "1.30", strict=True)
+    kubernetes_validate.validate(build_service(body), "1.30", strict=True)
+    kubernetes_validate.validate(build_configmap(body), "1.30", strict=True)
+
+
+def test_crd_schema_rejects_a_wrong_example():
+    schema = _openapi_to_jsonschema(crds.build_crd(meta.KINDS["Mask2FormerTrain"])["spec"]["versions"][0]["schema"]["openAPIV3Schema"])
+    bad = {"apiVersion": meta.API_VERSION, "kind": "Mask2FormerTrain", "metadata": {"name": "x"},
+           "spec": {"experiment": {"model": {"mode": "bogus"}}, "nodes": 0}}
+    with pytest.raises(jsonschema.ValidationError):
+        jsonschema.validate(bad, schema)
