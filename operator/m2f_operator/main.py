@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 import sys
 
 import kopf
@@ -15,7 +16,8 @@ def main(argv: list[str] | None = None) -> int:
     if argv and argv[0] in ("-h", "--help"):
         print("usage: python -m m2f_operator  (configured by M2F_* environment variables; see docs/operator.md)")
         return 0
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    level = getattr(logging, os.environ.get("M2F_LOG_LEVEL", "INFO").upper(), logging.INFO)
+    logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     config = OperatorConfig.from_env()
     import m2f_operator.handlers  # noqa: F401  (registers the handlers)
 
