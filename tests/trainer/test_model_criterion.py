@@ -24,7 +24,6 @@ import textwrap
 import pytest
 import torch
 import torch.nn.functional as F
-
 from m2f_trainer.model.criterion import SetCriterion, average_num_masks, build_criterion
 from m2f_trainer.model.matcher import HungarianMatcher
 
@@ -104,9 +103,9 @@ def test_matcher_finds_the_brute_force_optimum(num_queries, target_count, weight
         (sum(cost[q, n].item() for n, q in enumerate(chosen)), chosen)
         for chosen in itertools.permutations(range(num_queries), target_count)
     )
-    matched_cost = sum(cost[q, n].item() for q, n in zip(pred_idx.tolist(), tgt_idx.tolist()))
+    matched_cost = sum(cost[q, n].item() for q, n in zip(pred_idx.tolist(), tgt_idx.tolist(), strict=True))
     assert matched_cost == pytest.approx(best[0], abs=1e-5)
-    assert dict(zip(tgt_idx.tolist(), pred_idx.tolist())) == dict(enumerate(best[1]))
+    assert dict(zip(tgt_idx.tolist(), pred_idx.tolist(), strict=True)) == dict(enumerate(best[1]))
 
 
 def test_matcher_cost_matrix_equals_pairwise_definition():
@@ -143,7 +142,7 @@ def test_matcher_matches_hf_with_equal_cost_weights(seed, target_counts, weights
         outputs["pred_masks"], outputs["pred_logits"],
         [t["masks"].float() for t in targets], [t["labels"] for t in targets],
     )
-    for (our_pred, our_tgt), (hf_pred, hf_tgt) in zip(ours, theirs):
+    for (our_pred, our_tgt), (hf_pred, hf_tgt) in zip(ours, theirs, strict=True):
         assert torch.equal(our_pred, hf_pred) and torch.equal(our_tgt, hf_tgt)
 
 
@@ -159,7 +158,7 @@ def test_matcher_costs_stay_fp32_under_autocast():
     with torch.autocast("cpu", dtype=torch.bfloat16):
         autocast = matcher(outputs, targets)
     assert all(cost.dtype == torch.float32 for cost in costs)
-    assert all(torch.equal(a[0], b[0]) and torch.equal(a[1], b[1]) for a, b in zip(plain, autocast))
+    assert all(torch.equal(a[0], b[0]) and torch.equal(a[1], b[1]) for a, b in zip(plain, autocast, strict=True))
 
 
 def test_matcher_rejects_non_finite_costs_and_all_zero_weights():
@@ -233,7 +232,7 @@ def test_loss_and_gradients_match_hf_for_a_fixed_matching(seed, target_counts, m
     for key in ours:
         assert ours[key].shape == ()
         torch.testing.assert_close(ours[key], theirs[key], atol=1e-4, rtol=1e-5, msg=key)
-    for ours_grad, theirs_grad in zip(our_grads, their_grads):
+    for ours_grad, theirs_grad in zip(our_grads, their_grads, strict=True):
         torch.testing.assert_close(ours_grad, theirs_grad, atol=1e-5, rtol=1e-4)
 
 
@@ -316,7 +315,7 @@ def test_num_masks_is_averaged_across_ranks(tmp_path):
         for rank in range(2)
     ]
     results = [worker.communicate(timeout=120) for worker in workers]
-    for worker, (stdout, stderr) in zip(workers, results):
+    for worker, (stdout, stderr) in zip(workers, results, strict=True):
         assert worker.returncode == 0, stderr
         num_masks, difference = map(float, stdout.split())
         assert num_masks == 3.0  # (1 + 5) / 2 on both ranks

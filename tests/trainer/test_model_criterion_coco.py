@@ -9,7 +9,6 @@ from __future__ import annotations
 import pytest
 import torch
 import yaml
-
 from m2f_trainer.config import load_spec
 from m2f_trainer.data import build_dataset, collate
 from m2f_trainer.model.criterion import build_criterion
@@ -64,7 +63,7 @@ def test_loss_on_real_targets_matches_hf(coco_batch, monkeypatch):
     torch.manual_seed(3)
     hf_indices = hf_matcher(outputs["pred_masks"], outputs["pred_logits"],
                             [t["masks"].float() for t in targets], [t["labels"] for t in targets])
-    assert all(torch.equal(a[0], b[0]) and torch.equal(a[1], b[1]) for a, b in zip(indices, hf_indices))
+    assert all(torch.equal(a[0], b[0]) and torch.equal(a[1], b[1]) for a, b in zip(indices, hf_indices, strict=True))
 
     monkeypatch.setattr(criterion.matcher, "forward", lambda outputs, targets: indices)
     torch.manual_seed(4)
@@ -90,7 +89,7 @@ def test_panoptic_postprocess_reproduces_real_ground_truth(coco_batch):
     _, dataset, images, targets, metas = coco_batch
     thing_classes = set(dataset.label_map.thing_classes)
     assert 0 < len(thing_classes) < 133
-    for target, meta in zip(targets, metas):
+    for target, meta in zip(targets, metas, strict=True):
         num_segments = len(target["labels"])
         num_queries = num_segments + 3
         pred_logits = torch.full((1, num_queries, 134), -10.0)

@@ -23,7 +23,6 @@ from types import SimpleNamespace
 import pytest
 import torch
 import torch.nn.functional as F
-
 from m2f_trainer.model.postprocess import (
     instance_inference,
     panoptic_inference,
@@ -67,7 +66,7 @@ def test_semantic_matches_hf(hf_processor):
     theirs = hf_processor.post_process_semantic_segmentation(
         hf_outputs(outputs), target_sizes=orig_sizes, return_segmentation_scores=True
     )
-    for our, their, size in zip(ours, theirs, orig_sizes):
+    for our, their, size in zip(ours, theirs, orig_sizes, strict=True):
         assert our["sem_seg"].shape == (12, *size)
         torch.testing.assert_close(our["sem_seg"], their.segmentation_scores, atol=1e-5, rtol=1e-5)
         assert torch.equal(our["sem_seg"].argmax(0), their.segmentation)
@@ -79,7 +78,7 @@ def test_instance_matches_hf(hf_processor):
                        test_topk_per_image=10, padded_size=(HF_SIZE, HF_SIZE))
     theirs = hf_processor.post_process_instance_segmentation(hf_outputs(outputs), threshold=0.0,
                                                              return_binary_maps=True)
-    for our, their in zip(ours, theirs):
+    for our, their in zip(ours, theirs, strict=True):
         instances = our["instances"]
         assert instances["masks"].dtype == torch.bool and instances["masks"].shape == (10, HF_SIZE, HF_SIZE)
         non_empty = instances["masks"].flatten(1).any(1)
@@ -105,7 +104,7 @@ def test_panoptic_matches_hf(hf_processor, seed):
         label_ids_to_fuse=set(range(6, 12)),
     )
     upsampled = F.interpolate(outputs["pred_masks"], size=(HF_SIZE, HF_SIZE), mode="bilinear", align_corners=False)
-    for image, (our, their) in enumerate(zip(ours, theirs)):
+    for image, (our, their) in enumerate(zip(ours, theirs, strict=True)):
         panoptic_seg, segments_info = our["panoptic_seg"]
         assert panoptic_seg.dtype == torch.int32
         assert [s["id"] for s in segments_info] == list(range(1, len(segments_info) + 1))
@@ -202,7 +201,7 @@ def test_instance_scores_are_class_probability_times_mean_mask_probability():
     mask_pred[0, :2, :2] = 2.0
     mask_pred[0, 2, 2] = 4.0
     instances = instance_inference(mask_cls, mask_pred, test_topk_per_image=2)
-    by_label = dict(zip(instances["labels"].tolist(), range(2)))
+    by_label = dict(zip(instances["labels"].tolist(), range(2), strict=True))
     first = by_label[1]
     expected_mean = (4 * torch.sigmoid(torch.tensor(2.0)) + torch.sigmoid(torch.tensor(4.0))) / 5
     assert instances["scores"][first].item() == pytest.approx(0.8 * expected_mean.item(), rel=1e-5)

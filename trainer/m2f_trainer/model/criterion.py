@@ -88,7 +88,7 @@ class SetCriterion(nn.Module):
         target_classes = torch.full(
             pred_logits.shape[:2], self.num_classes, dtype=torch.int64, device=pred_logits.device
         )
-        matched_classes = torch.cat([t["labels"][tgt].to(pred_logits.device) for t, (_, tgt) in zip(targets, indices)])
+        matched_classes = torch.cat([t["labels"][tgt].to(pred_logits.device) for t, (_, tgt) in zip(targets, indices, strict=True)])
         target_classes[_prediction_index(indices)] = matched_classes
         return F.cross_entropy(pred_logits.transpose(1, 2), target_classes, self.empty_weight)
 
@@ -118,7 +118,7 @@ class SetCriterion(nn.Module):
         height = max(t["masks"].shape[-2] for t in targets)
         width = max(t["masks"].shape[-1] for t in targets)
         matched = []
-        for target, (_, tgt) in zip(targets, indices):
+        for target, (_, tgt) in zip(targets, indices, strict=True):
             masks = target["masks"][tgt.to(target["masks"].device)].to(device=like.device, dtype=like.dtype)
             matched.append(F.pad(masks, (0, width - masks.shape[-1], 0, height - masks.shape[-2])))
         return torch.cat(matched)[:, None]

@@ -6,6 +6,7 @@ import torch
 import torch.nn.functional as F
 from scipy.optimize import linear_sum_assignment
 from torch import nn
+from torch.nn.utils.rnn import pad_sequence
 
 from m2f_trainer.model.point_sampling import point_sample
 
@@ -13,20 +14,37 @@ MatchIndices = list[tuple[torch.Tensor, torch.Tensor]]
 
 
 def pairwise_sigmoid_ce_cost(pred_logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-    """Mean sigmoid BCE of every prediction ``[Q,P]`` against every target ``[N,P]`` -> ``[Q,N]``."""
-    num_points = pred_logits.shape[1]
+    """Mean sigmoid BCE of every prediction ``[...,Q,P]`` against every target ``[...,N,P]`` -> ``[...,Q,N]``."""
+    num_points = pred_logits.shape[-1]
     cost_if_positive = F.binary_cross_entropy_with_logits(pred_logits, torch.ones_like(pred_logits), reduction="none")
     cost_if_negative = F.binary_cross_entropy_with_logits(pred_logits, torch.zeros_like(pred_logits), reduction="none")
-    cost = cost_if_positive @ target.T + cost_if_negative @ (1 - target).T
+    cost = cost_if_positive @ target.transpose(-1, -2) + cost_if_negative @ (1 - target).transpose(-1, -2)
     return cost / num_points
 
 
 def pairwise_dice_cost(pred_logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-    """Dice loss (+1 smoothing) of every prediction ``[Q,P]`` against every target ``[N,P]`` -> ``[Q,N]``."""
+    """Dice loss (+1 smoothing) of every prediction ``[...,Q,P]`` against every target ``[...,N,P]`` -> ``[...,Q,N]``."""
     probs = pred_logits.sigmoid()
-    numerator = 2 * (probs @ target.T)
-    denominator = probs.sum(-1)[:, None] + target.sum(-1)[None, :]
+    numerator = 2 * (probs @ target.transpose(-1, -2))
+    denominator = probs.sum(-1)[..., :, None] + target.sum(-1)[..., None, :]
     return 1 - (numerator + 1) / (denominator + 1)
+
+
+def sample_target_points(targets: list[dict], point_coords: torch.Tensor) -> torch.Tensor:
+    """Target masks of every image at its points, ``[B, N_max, P]`` zero-padded to the largest segment count.
+
+    Images are sampled one at a time so that only one image's masks are ever converted to float. Targets of
+    different sizes are zero-padded bottom/right to the largest first (as the original's nested tensors), so
+    that the normalised points address the same padded canvas as the predictions.
+    """
+    height = max(t["masks"].shape[-2] for t in targets)
+    width = max(t["masks"].shape[-1] for t in targets)
+    sampled = []
+    for image_index, target in enumerate(targets):
+        masks = target["masks"].to(device=point_coords.device, dtype=torch.float32)
+        masks = F.pad(masks, (0, width - masks.shape[-1], 0, height - masks.shape[-2]))
+        sampled.append(point_sample(masks[None], point_coords[image_index : image_index + 1], align_corners=False)[0])
+    return pad_sequence(sampled, batch_first=True)
 
 
 class HungarianMatcher(nn.Module):
@@ -52,26 +70,26 @@ class HungarianMatcher(nn.Module):
     @torch.no_grad()
     def cost_matrices(self, outputs: dict, targets: list[dict]) -> list[torch.Tensor]:
         """Per image the ``[Q, N_i]`` matching cost in fp32 (on the predictions' device)."""
+        return [cost[:, : len(t["labels"])] for cost, t in zip(self._padded_costs(outputs, targets), targets, strict=True)]
+
+    def _padded_costs(self, outputs: dict, targets: list[dict]) -> torch.Tensor:
+        """``[B, Q, N_max]`` costs of the whole batch, targets zero-padded to the largest count."""
         pred_logits, pred_masks = outputs["pred_logits"], outputs["pred_masks"]
         device = pred_masks.device
         # One draw per image, in batch order: the same random stream as the original's per-image loop.
         point_coords = torch.cat([torch.rand(1, self.num_points, 2, device=device) for _ in targets])
+        # Images with fewer segments get empty masks of class 0 as padding; their columns are cut off later.
+        target_labels = pad_sequence([t["labels"].to(device) for t in targets], batch_first=True)
         # The costs are compared against each other, so low precision would reorder the assignment.
         with torch.autocast(device_type=device.type, enabled=False):
             # Queries as channels: one grid_sample for the whole batch instead of one per image.
             pred_points = point_sample(pred_masks.float(), point_coords, align_corners=False)  # [B,Q,P]
+            target_points = sample_target_points(targets, point_coords)  # [B,N_max,P]
             class_probs = pred_logits.float().softmax(-1)  # [B,Q,K+1]
-            costs = []
-            for image_index, target in enumerate(targets):
-                target_masks = target["masks"].to(device=device, dtype=torch.float32)
-                target_points = point_sample(
-                    target_masks[None], point_coords[image_index : image_index + 1], align_corners=False
-                )[0]  # [N,P]
-                cost_class = -class_probs[image_index][:, target["labels"]]
-                cost_mask = pairwise_sigmoid_ce_cost(pred_points[image_index], target_points)
-                cost_dice = pairwise_dice_cost(pred_points[image_index], target_points)
-                costs.append(self.cost_mask * cost_mask + self.cost_class * cost_class + self.cost_dice * cost_dice)
-        return costs
+            cost_class = -class_probs.gather(2, target_labels[:, None, :].expand(-1, class_probs.shape[1], -1))
+            cost_mask = pairwise_sigmoid_ce_cost(pred_points, target_points)
+            cost_dice = pairwise_dice_cost(pred_points, target_points)
+            return self.cost_mask * cost_mask + self.cost_class * cost_class + self.cost_dice * cost_dice
 
     @torch.no_grad()
     def forward(self, outputs: dict, targets: list[dict]) -> MatchIndices:
@@ -84,17 +102,15 @@ class HungarianMatcher(nn.Module):
             raise ValueError(
                 f"HungarianMatcher: {len(targets)} targets for a batch of {outputs['pred_logits'].shape[0]} predictions"
             )
-        costs = self.cost_matrices(outputs, targets)
         # A single device-to-host copy for the whole batch: one synchronisation instead of one per image.
-        widths = [cost.shape[1] for cost in costs]
-        all_costs = torch.cat(costs, dim=1).cpu() if costs else torch.empty(0, 0)
-        if not torch.isfinite(all_costs).all():
+        costs = self._padded_costs(outputs, targets).cpu()
+        if not torch.isfinite(costs).all():
             raise FloatingPointError(
                 "HungarianMatcher: the matching cost contains NaN/inf (non-finite predictions: training diverged)"
             )
         indices = []
-        for cost in all_costs.split(widths, dim=1):
-            pred_indices, target_indices = linear_sum_assignment(cost.numpy())
+        for cost, target in zip(costs, targets, strict=True):
+            pred_indices, target_indices = linear_sum_assignment(cost[:, : len(target["labels"])].numpy())
             indices.append(
                 (torch.as_tensor(pred_indices, dtype=torch.int64), torch.as_tensor(target_indices, dtype=torch.int64))
             )

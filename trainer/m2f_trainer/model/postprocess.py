@@ -62,7 +62,7 @@ def panoptic_inference(
 
     segment_of_query = [0] * num_kept
     stuff_segment_ids: dict[int, int] = {}
-    for k, (won, own, painted) in enumerate(zip(*areas)):
+    for k, (won, own, painted) in enumerate(zip(*areas, strict=True)):
         if won == 0 or own == 0 or painted == 0 or won / own < overlap_threshold:
             continue
         category = classes[k]
@@ -173,7 +173,7 @@ def postprocess(
     resize_masks_first = modes != {"semantic"}
 
     results = []
-    for mask_cls, mask_pred, image_size, orig_size in zip(mask_cls_batch, mask_pred_batch, image_sizes, orig_sizes):
+    for mask_cls, mask_pred, image_size, orig_size in zip(mask_cls_batch, mask_pred_batch, image_sizes, orig_sizes, strict=True):
         # Upsampling one image at a time keeps peak memory at one [Q,Hp,Wp] map (same numbers as batched).
         mask_pred = F.interpolate(mask_pred[None], size=tuple(padded_size), mode="bilinear", align_corners=False)[0]
         if resize_masks_first:
