@@ -9,9 +9,6 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as nnf
-from PIL import Image
-from pycocotools import mask as mask_utils
-
 from m2f_trainer.data import collate
 from m2f_trainer.data.coco_instance import CocoInstanceDataset
 from m2f_trainer.data.coco_panoptic import CocoPanopticDataset
@@ -22,6 +19,8 @@ from m2f_trainer.data.transforms import (
     build_train_transforms,
     tao_train_min_sizes,
 )
+from PIL import Image
+from pycocotools import mask as mask_utils
 
 HEIGHT, WIDTH = 64, 96
 # (category id, colour, (top, bottom, left, right)); later regions paint over earlier ones.

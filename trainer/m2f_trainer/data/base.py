@@ -53,7 +53,7 @@ class RawAnnotation:
             merged.index_add_(0, inverse, self.masks)
             return RawAnnotation(classes, no_crowd, masks=merged.clamp_(max=1), segment_ids=classes.tolist())
         lookup = torch.cat([torch.zeros(1, dtype=torch.int64), inverse + 1]).to(self.segment_map.dtype)
-        return RawAnnotation(classes, no_crowd, segment_map=lookup[self.segment_map.long()], segment_ids=classes.tolist())
+        return RawAnnotation(classes, no_crowd, segment_map=_lookup(lookup, self.segment_map), segment_ids=classes.tolist())
 
     def select(self, keep: torch.Tensor) -> RawAnnotation:
         """Keep the segments where ``keep`` (bool [N]) is true; the others become unlabelled."""
@@ -65,8 +65,15 @@ class RawAnnotation:
         # Renumber the kept segments 1..M and send the dropped ones to 0 through a lookup table.
         lookup = torch.zeros(len(self) + 1, dtype=self.segment_map.dtype)
         lookup[1:][keep] = torch.arange(1, int(keep.sum()) + 1, dtype=self.segment_map.dtype)
-        segment_map = lookup[self.segment_map.long()]
-        return RawAnnotation(self.labels[keep], self.is_crowd[keep], segment_map=segment_map, segment_ids=ids)
+        return RawAnnotation(
+            self.labels[keep], self.is_crowd[keep], segment_map=_lookup(lookup, self.segment_map), segment_ids=ids
+        )
+
+
+def _lookup(table: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
+    # numpy's fancy indexing and broadcast compares run several times faster than torch's on CPU
+    # for these uint8 maps (measured in bench/data_pipeline.py); the result shares memory, no copy.
+    return torch.from_numpy(table.numpy()[index.numpy()])
 
 
 def segment_map_dtype(num_segments: int) -> torch.dtype:
@@ -74,23 +81,28 @@ def segment_map_dtype(num_segments: int) -> torch.dtype:
     return torch.uint8 if num_segments < 255 else torch.int32
 
 
-def binary_masks(annotation: RawAnnotation) -> torch.Tensor:
-    """bool [N,H,W] masks of the annotation's segments."""
+def binary_masks(annotation: RawAnnotation, keep: torch.Tensor | None = None) -> torch.Tensor:
+    """bool [M,H,W] masks of the annotation's segments (those where ``keep`` is true, when given)."""
     if annotation.masks is not None:
-        return annotation.masks.bool()
+        masks = annotation.masks if keep is None else annotation.masks[keep]
+        return masks.bool()
     ids = torch.arange(1, len(annotation) + 1, dtype=annotation.segment_map.dtype)
-    return annotation.segment_map.unsqueeze(0) == ids.view(-1, 1, 1)
+    ids = ids if keep is None else ids[keep]
+    return torch.from_numpy(annotation.segment_map.numpy()[None] == ids.numpy()[:, None, None])
 
 
-def semantic_map(annotation: RawAnnotation, height: int, width: int) -> torch.Tensor:
-    """int64 [H,W] class per pixel, IGNORE_INDEX where nothing is labelled."""
+def semantic_map(annotation: RawAnnotation, height: int, width: int, keep: torch.Tensor | None = None) -> torch.Tensor:
+    """int64 [H,W] class per pixel; IGNORE_INDEX where nothing (kept) is labelled."""
+    labels = annotation.labels
+    if keep is not None:
+        labels = torch.where(keep, labels, IGNORE_INDEX)
     if annotation.segment_map is not None:
-        lookup = torch.cat([torch.tensor([IGNORE_INDEX]), annotation.labels])
-        return lookup[annotation.segment_map.long()]
+        return _lookup(torch.cat([torch.tensor([IGNORE_INDEX]), labels]), annotation.segment_map)
     sem_seg = torch.full((height, width), IGNORE_INDEX, dtype=torch.int64)
     # Later instances paint over earlier ones, as COCO's own semantic conversions do.
-    for mask, label in zip(annotation.masks.bool(), annotation.labels.tolist(), strict=True):
-        sem_seg[mask] = label
+    for mask, label in zip(annotation.masks.bool(), labels.tolist(), strict=True):
+        if label != IGNORE_INDEX:
+            sem_seg[mask] = label
     return sem_seg
 
 
@@ -167,7 +179,13 @@ class SegmentationDataset(Dataset):
     def __getitem__(self, index: int) -> dict:
         record, image, annotation = self._load(index)
         orig_size = tuple(image.shape[-2:])
-        annotation = self._for_mode(annotation)
+        if self.mode == "semantic":
+            annotation = annotation.merged_by_class()
+        wanted = self._wanted(annotation)
+        if annotation.masks is not None:
+            # Every mask of a stack costs a resize: drop the unwanted ones first. Segment maps
+            # transform at the same cost whatever they hold, so they are filtered afterwards.
+            annotation, wanted = annotation.select(wanted), wanted[wanted]
         data = {
             "image": tv_tensors.Image(image),
             "segment_map": None if annotation.segment_map is None else tv_tensors.Mask(annotation.segment_map),
@@ -179,25 +197,25 @@ class SegmentationDataset(Dataset):
         annotation.masks = None if data["masks"] is None else data["masks"].as_subclass(torch.Tensor)
         image_out = data["image"].as_subclass(torch.Tensor)
         height, width = image_out.shape[-2:]
-        annotation = annotation.select(_non_empty(annotation))
+        keep = wanted & _non_empty(annotation)
         return {
             "image": image_out,
-            "masks": binary_masks(annotation),
-            "labels": annotation.labels,
-            "is_crowd": annotation.is_crowd,
-            "sem_seg": semantic_map(annotation, height, width),
+            "masks": binary_masks(annotation, keep),
+            "labels": annotation.labels[keep],
+            "is_crowd": annotation.is_crowd[keep],
+            "sem_seg": semantic_map(annotation, height, width, keep),
             "meta": self._meta(record, orig_size, (height, width)),
         }
 
-    def _for_mode(self, annotation: RawAnnotation) -> RawAnnotation:
-        if self.mode == "semantic":
-            return annotation.merged_by_class()
+    def _wanted(self, annotation: RawAnnotation) -> torch.Tensor:
+        """bool [N]: the segments the model mode trains on (crowd dropped for training)."""
+        wanted = torch.ones(len(annotation), dtype=torch.bool)
         if self.drop_crowd:
-            annotation = annotation.select(~annotation.is_crowd)
+            wanted &= ~annotation.is_crowd
         if self.mode == "instance":
             things = set(self.label_map.thing_classes)
-            annotation = annotation.select(torch.tensor([int(c) in things for c in annotation.labels], dtype=torch.bool))
-        return annotation
+            wanted &= torch.tensor([int(c) in things for c in annotation.labels.tolist()], dtype=torch.bool)
+        return wanted
 
     def _meta(self, record: ImageRecord, orig_size: tuple, image_size: tuple) -> dict:
         return {
@@ -213,5 +231,5 @@ def _non_empty(annotation: RawAnnotation) -> torch.Tensor:
     """bool [N]: which segments still cover a pixel after crop / resize."""
     if annotation.masks is not None:
         return annotation.masks.flatten(1).amax(1) > 0 if len(annotation) else torch.zeros(0, dtype=torch.bool)
-    counts = torch.bincount(annotation.segment_map.flatten().long(), minlength=len(annotation) + 1)
+    counts = torch.bincount(annotation.segment_map.flatten(), minlength=len(annotation) + 1)
     return counts[1 : len(annotation) + 1] > 0

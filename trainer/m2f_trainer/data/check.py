@@ -6,7 +6,14 @@ from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any
 
-from m2f_trainer.data.build import SPLITS, build_dataset, build_label_map, is_configured, is_labelled, split_type
+from m2f_trainer.data.build import (
+    SPLITS,
+    build_dataset,
+    build_label_map,
+    is_configured,
+    is_labelled,
+    split_type,
+)
 from m2f_trainer.data.label_map import LabelMap
 from m2f_trainer.errors import DataError
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from m2f_trainer.data.base import ImageRecord, RawAnnotation, SegmentationDataset, segment_map_dtype
@@ -121,17 +122,16 @@ class CocoPanopticDataset(SegmentationDataset):
                 f"panoptic PNG {png_path} is {ids.shape[0]}x{ids.shape[1]} but image "
                 f"{record.image_path} is {height}x{width}"
             )
-        segment_ids = torch.tensor([s["id"] for s in segments], dtype=torch.int64)
+        segment_ids = np.array([s["id"] for s in segments], dtype=np.int64)
         # Map raw segment ids (up to 256^3) onto 1..N; ids absent from segments_info stay void (0).
-        order = torch.argsort(segment_ids)
-        sorted_ids = segment_ids[order]
-        position = torch.searchsorted(sorted_ids, ids.flatten()).clamp(max=max(len(segments) - 1, 0))
+        order = np.argsort(segment_ids)
+        flat = ids.numpy().ravel()
+        position = np.searchsorted(segment_ids[order], flat).clip(max=max(len(segments) - 1, 0))
         if len(segments):
-            found = sorted_ids[position] == ids.flatten()
-            compact = torch.where(found, order[position] + 1, 0)
+            compact = np.where(segment_ids[order][position] == flat, order[position] + 1, 0)
         else:
-            compact = torch.zeros(ids.numel(), dtype=torch.int64)
-        segment_map = compact.view(height, width).to(segment_map_dtype(len(segments)))
+            compact = np.zeros(flat.shape, dtype=np.int64)
+        segment_map = torch.from_numpy(compact.reshape(height, width)).to(segment_map_dtype(len(segments)))
         labels = torch.tensor([self.label_map.class_of(s["category_id"]) for s in segments], dtype=torch.int64)
         is_crowd = torch.tensor([bool(s.get("iscrowd", 0)) for s in segments], dtype=torch.bool)
         return RawAnnotation(labels, is_crowd, segment_map=segment_map, segment_ids=segment_ids.tolist())

@@ -11,7 +11,14 @@ from lightning.fabric.utilities.seed import pl_worker_init_function
 from torch.utils.data import DataLoader
 
 from m2f_trainer.data.base import SegmentationDataset
-from m2f_trainer.data.build import GroundTruth, build_dataset, build_label_map, ground_truth, is_configured, is_labelled
+from m2f_trainer.data.build import (
+    GroundTruth,
+    build_dataset,
+    build_label_map,
+    ground_truth,
+    is_configured,
+    is_labelled,
+)
 from m2f_trainer.data.collate import collate
 from m2f_trainer.data.label_map import LabelMap
 

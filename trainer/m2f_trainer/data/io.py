@@ -51,9 +51,9 @@ def read_image(path: Path) -> torch.Tensor:
 
 
 def read_panoptic_png(path: Path) -> torch.Tensor:
-    """A COCO panoptic PNG as int64 segment ids [H,W] (id = R + 256 G + 256^2 B, 0 = void)."""
-    rgb = torch.from_numpy(_decode_rgb(path, "panoptic PNG")).to(torch.int64)
-    return rgb[..., 0] + 256 * rgb[..., 1] + 65536 * rgb[..., 2]
+    """A COCO panoptic PNG as int32 segment ids [H,W] (id = R + 256 G + 256^2 B, 0 = void)."""
+    rgb = _decode_rgb(path, "panoptic PNG").astype(np.int32)
+    return torch.from_numpy(rgb[..., 0] | (rgb[..., 1] << 8) | (rgb[..., 2] << 16))
 
 
 def read_label_png(path: Path) -> torch.Tensor:

@@ -106,16 +106,17 @@ class SemanticDataset(SegmentationDataset):
                 f"mask {mask_path} is {mask.shape[0]}x{mask.shape[1]} but image "
                 f"{self.records[index].image_path} is {height}x{width}"
             )
-        present = torch.bincount(mask.flatten().long(), minlength=256).nonzero().flatten()
+        present = torch.bincount(mask.flatten(), minlength=256).nonzero().flatten()
         values = [v for v in present.tolist() if v not in UNLABELLED_VALUES]
         unknown = [v for v in values if self._class_of_value[v] < 0]
         if unknown:
             raise DataError(
                 f"mask {mask_path} has value {unknown[0]}, which is not a category of {self.label_map.source}"
             )
-        lookup = torch.zeros(256, dtype=torch.int64)
-        lookup[torch.tensor(values, dtype=torch.int64)] = torch.arange(1, len(values) + 1)
-        segment_map = lookup[mask.long()].to(segment_map_dtype(len(values)))
+        dtype = segment_map_dtype(len(values))
+        lookup = torch.zeros(256, dtype=dtype)
+        lookup[torch.tensor(values, dtype=torch.int64)] = torch.arange(1, len(values) + 1, dtype=dtype)
+        segment_map = torch.from_numpy(lookup.numpy()[mask.numpy()])
         labels = self._class_of_value[torch.tensor(values, dtype=torch.int64)]
         return RawAnnotation(
             labels, torch.zeros(len(values), dtype=torch.bool), segment_map=segment_map, segment_ids=values
