@@ -209,8 +209,9 @@ class MultiScaleMaskedTransformerDecoder(nn.Module):
             small = F.interpolate(mask_logits.detach(), size=attn_size, mode="bilinear", align_corners=False)
             masked = small.sigmoid().flatten(2) < 0.5  # [B, Q, HW]
             # A query whose mask is empty at this level attends everywhere (else its softmax row is undefined).
-            masked &= ~masked.all(-1, keepdim=True)
+            # Out-of-place on purpose: the TorchScript ONNX exporter has no symbolic for in-place `&=`.
+            masked = masked & ~masked.all(-1, keepdim=True)
             # One [B, 1, Q, HW] bias broadcast over the heads, in the attention's dtype.
             attn_bias = torch.zeros(masked.shape, dtype=mask_features.dtype, device=masked.device)
-            attn_bias.masked_fill_(masked, MASKED_BIAS).unsqueeze_(1)
+            attn_bias = attn_bias.masked_fill(masked, MASKED_BIAS).unsqueeze(1)
         return class_logits, mask_logits, attn_bias
