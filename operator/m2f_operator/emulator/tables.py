@@ -90,6 +90,10 @@ def _columns(rtype: ResourceType) -> list[dict]:
     if rtype.group == "" and rtype.plural == "pods":
         return [name, *({"name": n, "type": t, "format": "", "description": n, "priority": 0}
                          for n, t in (("Ready", "string"), ("Status", "string"), ("Restarts", "integer"))), age]
+    if rtype.group == "" and rtype.plural == "nodes":
+        return [name, *({"name": n, "type": "string", "format": "", "description": n, "priority": 0}
+                         for n in ("Status", "Roles")), age,
+                {"name": "Version", "type": "string", "format": "", "description": "Version", "priority": 0}]
     if rtype.printer_columns:
         return [name, *({"name": c["name"], "type": c.get("type", "string"), "format": c.get("format", ""),
                          "description": c.get("description", ""), "priority": c.get("priority", 0)}
@@ -102,6 +106,10 @@ def _cells(rtype: ResourceType, obj: dict) -> list:
     age = human_age(obj["metadata"].get("creationTimestamp"))
     if rtype.group == "" and rtype.plural == "pods":
         return [name, *_pod_cells(obj), age]
+    if rtype.group == "" and rtype.plural == "nodes":
+        ready = {c.get("type"): c.get("status") for c in (obj.get("status") or {}).get("conditions", [])}.get("Ready")
+        version = ((obj.get("status") or {}).get("nodeInfo") or {}).get("kubeletVersion", "")
+        return [name, {"True": "Ready", "False": "NotReady"}.get(ready, "NotReady"), "<none>", age, version]
     if rtype.printer_columns:
         cells: list = [name]
         for column in rtype.printer_columns:

@@ -1,0 +1,229 @@
+"""The embedded dev cluster: API emulator + local kubelet on one event loop, the operator as a subprocess.
+
+``serve_forever(config)`` is what `m2f dev up` runs (daemonised); ``DevCluster`` runs the same thing
+on a background thread for tests and demos::
+
+    with DevCluster(tmp_path) as cluster:
+        subprocess.run(["kubectl", "--kubeconfig", cluster.kubeconfig, "apply", "-f", "train.yaml"])
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import socket
+import sys
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from m2f_operator.emulator import Emulator
+from m2f_operator.kubelet import Kubelet
+
+logger = logging.getLogger(__name__)
+
+DEFAULT_NODES = ("dev-node-0", "dev-node-1")
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+@dataclass
+class DevClusterConfig:
+    data_dir: Path
+    port: int | None = None  # API port; None picks a free one
+    nodes: tuple[str, ...] = DEFAULT_NODES
+    operator: bool = True
+    # Extra environment for the operator (e.g. M2F_STUCK_TERMINATING_SECONDS for fault tests).
+    operator_env: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def kubeconfig(self) -> Path:
+        return self.data_dir / "kubeconfig"
+
+    @property
+    def log_dir(self) -> Path:
+        return self.data_dir / "logs"
+
+    @property
+    def operator_log(self) -> Path:
+        return self.data_dir / "operator.log"
+
+
+class OperatorProcess:
+    """`python -m m2f_operator` against the dev cluster, logging to <data_dir>/operator.log."""
+
+    def __init__(self, config: DevClusterConfig):
+        self.config = config
+        self.process: asyncio.subprocess.Process | None = None
+
+    async def start(self) -> None:
+        env = {key: value for key, value in os.environ.items() if key not in ("KUBERNETES_SERVICE_HOST",)}
+        env.update({
+            "KUBECONFIG": str(self.config.kubeconfig),
+            "M2F_LIVENESS_PORT": str(free_port()),
+            "M2F_OPERATOR_METRICS_PORT": str(free_port()),
+            "PYTHONUNBUFFERED": "1",
+        })
+        env.update(self.config.operator_env)
+        with open(self.config.operator_log, "ab") as log:
+            self.process = await asyncio.create_subprocess_exec(
+                sys.executable, "-m", "m2f_operator", env=env, stdin=asyncio.subprocess.DEVNULL,
+                stdout=log, stderr=asyncio.subprocess.STDOUT, start_new_session=True)
+        logger.info("operator started as pid %d (log: %s)", self.process.pid, self.config.operator_log)
+
+    @property
+    def running(self) -> bool:
+        return self.process is not None and self.process.returncode is None
+
+    async def stop(self, kill: bool = False, timeout: float = 15.0) -> None:
+        """SIGTERM (or SIGKILL with `kill`, as a crash would), then wait for it."""
+        if not self.running:
+            return
+        assert self.process is not None
+        with contextlib.suppress(ProcessLookupError):
+            self.process.kill() if kill else self.process.terminate()
+        try:
+            await asyncio.wait_for(self.process.wait(), timeout)
+        except asyncio.TimeoutError:
+            with contextlib.suppress(ProcessLookupError):
+                self.process.kill()
+            await self.process.wait()
+
+
+def install_crds(api: Emulator) -> list[str]:
+    """Create (or update) the project's CRDs, generated from the spec schema like `make crds` does."""
+    from m2f_operator.crds import build_crds
+    from m2f_operator.emulator.store import CRD_TYPE, ApiError
+
+    names = []
+    for crd in build_crds():
+        name = crd["metadata"]["name"]
+        try:
+            api.store.create(CRD_TYPE, None, crd)
+        except ApiError as exc:
+            if exc.code != 409:
+                raise
+            current = api.store.get(CRD_TYPE, None, name)
+            api.store.update(CRD_TYPE, None, name, dict(crd, metadata=dict(crd["metadata"], resourceVersion=current[
+                "metadata"]["resourceVersion"])))
+        names.append(name)
+    return names
+
+
+class DevClusterRuntime:
+    """The running parts on one event loop; `serve()` returns when `stop()` is called."""
+
+    def __init__(self, config: DevClusterConfig):
+        self.config = config
+        self.api: Emulator | None = None
+        self.kubelet: Kubelet | None = None
+        self.operator = OperatorProcess(config)
+        self._stop = asyncio.Event()
+
+    async def serve(self, on_ready: Callable[[DevClusterRuntime], None] | None = None) -> None:
+        config = self.config
+        config.data_dir.mkdir(parents=True, exist_ok=True)
+        async with Emulator(port=config.port, log_dir=config.log_dir, kubeconfig_path=config.kubeconfig) as api:
+            self.api = api
+            crds = install_crds(api)
+            logger.info("API emulator on %s with CRDs %s", api.base_url, ", ".join(crds))
+            self.kubelet = Kubelet(api.base_url, config.data_dir, config.nodes, kubeconfig=config.kubeconfig,
+                                   log_dir=config.log_dir)
+            kubelet_task = asyncio.create_task(self.kubelet.run(), name="local kubelet")
+            try:
+                if config.operator:
+                    await self.operator.start()
+                if on_ready is not None:
+                    on_ready(self)
+                await self._stop.wait()
+            finally:
+                await self.operator.stop()
+                self.kubelet.stop()
+                await kubelet_task
+
+    def stop(self) -> None:
+        self._stop.set()
+
+
+class DevCluster:
+    """The dev cluster on a background thread: ``.kubeconfig``, ``.url``, ``.data_dir``, fault helpers."""
+
+    def __init__(self, data_dir: Path | str, **options: Any):
+        self.config = DevClusterConfig(data_dir=Path(data_dir), **options)
+        self.runtime = DevClusterRuntime(self.config)
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._ready = threading.Event()
+        self._error: BaseException | None = None
+        self._thread = threading.Thread(target=self._run, name="m2f-dev-cluster", daemon=True)
+
+    def _run(self) -> None:
+        self._loop = asyncio.new_event_loop()
+        try:
+            self._loop.run_until_complete(self.runtime.serve(lambda _: self._ready.set()))
+        except BaseException as exc:
+            self._error = exc
+            self._ready.set()
+        finally:
+            self._loop.close()
+
+    def start(self, timeout: float = 60.0) -> DevCluster:
+        self._thread.start()
+        if not self._ready.wait(timeout) or self._error is not None:
+            raise RuntimeError(f"the dev cluster did not start: {self._error}") from self._error
+        return self
+
+    def stop(self, timeout: float = 60.0) -> None:
+        if self._loop is not None and not self._loop.is_closed():
+            with contextlib.suppress(RuntimeError):
+                self._loop.call_soon_threadsafe(self.runtime.stop)
+        self._thread.join(timeout)
+
+    def __enter__(self) -> DevCluster:
+        return self.start()
+
+    def __exit__(self, *exc_info: Any) -> None:
+        self.stop()
+
+    def _call(self, coroutine, timeout: float = 60.0):
+        assert self._loop is not None
+        return asyncio.run_coroutine_threadsafe(coroutine, self._loop).result(timeout)
+
+    @property
+    def kubeconfig(self) -> Path:
+        return self.config.kubeconfig
+
+    @property
+    def url(self) -> str:
+        assert self.runtime.api is not None
+        return self.runtime.api.base_url
+
+    @property
+    def data_dir(self) -> Path:
+        return self.config.data_dir
+
+    def kill_operator(self) -> None:
+        """SIGKILL the operator, as a crash or a node failure under it would."""
+        self._call(self.runtime.operator.stop(kill=True))
+
+    def start_operator(self) -> None:
+        self._call(self.runtime.operator.start())
+
+    def lose_node(self, name: str) -> None:
+        assert self.runtime.kubelet is not None
+        self._call(self.runtime.kubelet.lose_node(name))
+
+    def pod_pid(self, namespace: str, pod_name: str, container: str = "m2f") -> int:
+        """The local pid of a running pod's container (for fault injection: `os.kill(pid, SIGKILL)`)."""
+        candidates = sorted((self.data_dir / "pods" / namespace).glob(f"{pod_name}-*/pid-{container}"),
+                            key=lambda path: path.stat().st_mtime)
+        if not candidates:
+            raise LookupError(f"pod {namespace}/{pod_name} has no running container {container!r}")
+        return int(candidates[-1].read_text())

@@ -1,0 +1,124 @@
+"""`m2f dev up|status|down` round trip with real kubectl, and the DevCluster context manager."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+from m2f_operator.devcluster import DevCluster
+from m2f_operator.devcluster.cli import PID_FILE
+from m2f_trainer.cli import main as m2f
+
+KUBECTL = shutil.which("kubectl", path=str(Path(sys.executable).parent)) or "kubectl"
+CRDS = {"mask2formertrains.mask2former.io", "mask2formerevaluates.mask2former.io",
+        "mask2formerinferences.mask2former.io", "mask2formerexports.mask2former.io"}
+
+
+def _kubectl(kubeconfig, *args: str, check: bool = True) -> subprocess.CompletedProcess:
+    result = subprocess.run([KUBECTL, "--kubeconfig", str(kubeconfig), *args], capture_output=True, text=True,
+                            timeout=60)
+    if check and result.returncode:
+        raise AssertionError(f"kubectl {args}: {result.stderr}")
+    return result
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    return not open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()[0] == "Z"
+
+
+def _wait_phase(kubeconfig, name: str, phase: str, timeout: float = 60) -> dict:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        result = _kubectl(kubeconfig, "get", "pod", name, "-o", "json", check=False)
+        if result.returncode == 0 and json.loads(result.stdout)["status"].get("phase") == phase:
+            return json.loads(result.stdout)
+        time.sleep(0.2)
+    raise AssertionError(f"pod {name} never reached {phase}")
+
+
+@pytest.mark.e2e
+def test_dev_up_status_down_round_trip(tmp_path, capsys):
+    data_dir = tmp_path / "dev"
+    assert m2f(["dev", "up", "--data-dir", str(data_dir)]) == 0
+    try:
+        out = capsys.readouterr().out.strip().splitlines()
+        assert out[-1] == f"export KUBECONFIG={data_dir / 'kubeconfig'}"
+        kubeconfig = data_dir / "kubeconfig"
+        daemon_pid = int((data_dir / PID_FILE).read_text())
+        assert m2f(["dev", "up", "--data-dir", str(data_dir)]) == 0  # idempotent
+        assert "already running" in capsys.readouterr().out
+
+        crds = set(_kubectl(kubeconfig, "get", "crd", "-o", "name").stdout.replace(
+            "customresourcedefinition.apiextensions.k8s.io/", "").split())
+        assert crds == CRDS
+        nodes = _kubectl(kubeconfig, "get", "nodes", "--no-headers").stdout.splitlines()
+        assert [line.split()[:2] for line in nodes] == [["dev-node-0", "Ready"], ["dev-node-1", "Ready"]]
+        assert _kubectl(kubeconfig, "get", "mask2former").returncode == 0
+
+        pod = {"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "hello"}, "spec": {
+            "restartPolicy": "Never", "containers": [
+                {"name": "main", "image": "python:3", "command": ["python", "-c", "print('hello from the dev cluster')"]}]}}
+        (tmp_path / "pod.yaml").write_text(yaml.safe_dump(pod))
+        _kubectl(kubeconfig, "apply", "-f", str(tmp_path / "pod.yaml"))
+        _wait_phase(kubeconfig, "hello", "Succeeded")
+        assert _kubectl(kubeconfig, "logs", "hello").stdout == "hello from the dev cluster\n"
+
+        assert m2f(["dev", "status", "--data-dir", str(data_dir)]) == 0
+        status = capsys.readouterr().out
+        assert "dev cluster running" in status and "1 Succeeded" in status
+
+        sleeper = dict(pod, metadata={"name": "sleeper"})
+        sleeper["spec"] = dict(pod["spec"], containers=[dict(pod["spec"]["containers"][0],
+                                                             command=["python", "-c", "import time; time.sleep(300)"])])
+        (tmp_path / "sleeper.yaml").write_text(yaml.safe_dump(sleeper))
+        _kubectl(kubeconfig, "apply", "-f", str(tmp_path / "sleeper.yaml"))
+        _wait_phase(kubeconfig, "sleeper", "Running")
+        sleeper_pid = int(next((data_dir / "pods" / "default").glob("sleeper-*/pid-main")).read_text())
+        operator_pid = json.loads((data_dir / "devcluster.ready.json").read_text())["operator_pid"]
+        assert _alive(sleeper_pid) and _alive(operator_pid)
+    finally:
+        assert m2f(["dev", "down", "--data-dir", str(data_dir)]) == 0
+    assert "dev cluster stopped" in capsys.readouterr().out
+    for pid in (daemon_pid, operator_pid, sleeper_pid):
+        assert not _alive(pid), f"process {pid} outlived `m2f dev down`"
+    assert m2f(["dev", "status", "--data-dir", str(data_dir)]) == 3
+    assert m2f(["dev", "down", "--data-dir", str(data_dir)]) == 0  # stopping twice is fine
+
+
+def test_dev_cli_rejects_bad_arguments(tmp_path, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        m2f(["dev", "launch"])
+    assert exit_info.value.code == 2
+    assert m2f(["dev", "up", "--data-dir", str(tmp_path), "--nodes", "0"]) == 2
+    assert "error: --nodes must be at least 1" in capsys.readouterr().err
+
+
+@pytest.mark.e2e
+def test_dev_cluster_context_manager_runs_operator_and_pods(tmp_path):
+    with DevCluster(tmp_path / "dev", nodes=("n0",)) as cluster:
+        assert cluster.runtime.operator.running
+        pod = {"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "ctx"}, "spec": {
+            "restartPolicy": "Never", "containers": [
+                {"name": "m2f", "image": "x", "command": ["python", "-c", "import time; time.sleep(60)"]}]}}
+        (tmp_path / "pod.yaml").write_text(yaml.safe_dump(pod))
+        _kubectl(cluster.kubeconfig, "apply", "-f", str(tmp_path / "pod.yaml"))
+        _wait_phase(cluster.kubeconfig, "ctx", "Running")
+        pid = cluster.pod_pid("default", "ctx")
+        os.kill(pid, 9)  # a crashed worker: the kubelet reports it
+        failed = _wait_phase(cluster.kubeconfig, "ctx", "Failed")
+        assert failed["status"]["containerStatuses"][0]["state"]["terminated"]["exitCode"] == 137
+        cluster.kill_operator()
+        assert not cluster.runtime.operator.running
+        cluster.start_operator()
+        assert cluster.runtime.operator.running
