@@ -21,7 +21,8 @@ class ImageFolderDataset(SegmentationDataset):
     def __init__(self, img_dir: str | Path, label_map: LabelMap, transforms: Callable[[dict], dict] | None = None):
         super().__init__(label_map, transforms)
         self.img_dir = Path(img_dir)
-        self.records = [ImageRecord(p.stem, p) for p in list_images(self.img_dir)]
+        # Relative path less its suffix: the stem for a flat folder, unique across subfolders.
+        self.records = [ImageRecord(str(p.relative_to(self.img_dir).with_suffix("")), p) for p in list_images(self.img_dir)]
         if not self.records:
             raise DataError(f"image folder {self.img_dir} holds no images")
 

@@ -78,8 +78,9 @@ class SemanticDataset(SegmentationDataset):
                 self._report(f"{annot_file}:{number}: expected keys 'img_path' and 'mask_path'", strict)
                 continue
             image_path = resolve(entry[keys[0]], base)
+            # The path as written (less its suffix) identifies the image: stems may repeat across folders.
             self.records.append(
-                ImageRecord(image_path.stem, image_path, extra={"mask_file": str(resolve(entry[keys[1]], base))})
+                ImageRecord(str(Path(entry[keys[0]]).with_suffix("")), image_path, extra={"mask_file": str(resolve(entry[keys[1]], base))})
             )
         if not self.records and not self.problems:
             raise DataError(f"annotation file {annot_file} lists no image/mask pairs")
@@ -94,7 +95,8 @@ class SemanticDataset(SegmentationDataset):
             parts = list(image_path.parts)
             parts[position] = "annotations"
             mask_path = Path(*parts).with_suffix(".png")
-            self.records.append(ImageRecord(image_path.stem, image_path, extra={"mask_file": str(mask_path)}))
+            image_id = str(image_path.relative_to(img_dir).with_suffix(""))
+            self.records.append(ImageRecord(image_id, image_path, extra={"mask_file": str(mask_path)}))
         if not self.records:
             raise DataError(f"image folder {img_dir} holds no images")
 
