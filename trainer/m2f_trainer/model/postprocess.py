@@ -41,11 +41,23 @@ def panoptic_inference(
     """
     num_classes = mask_cls.shape[-1] - 1
     scores, labels = F.softmax(mask_cls, dim=-1).max(-1)
-    mask_probs = mask_pred.sigmoid()
     keep = labels.ne(num_classes) & (scores > object_mask_threshold)
-    kept_scores, kept_labels, kept_probs = scores[keep], labels[keep], mask_probs[keep]
-    height, width = mask_pred.shape[-2:]
-    panoptic_seg = torch.zeros((height, width), dtype=torch.int32, device=mask_pred.device)
+    return panoptic_from_probabilities(scores[keep], labels[keep], mask_pred.sigmoid()[keep], is_thing,
+                                       overlap_threshold)
+
+
+def panoptic_from_probabilities(
+    kept_scores: torch.Tensor,
+    kept_labels: torch.Tensor,
+    kept_probs: torch.Tensor,
+    is_thing: torch.Tensor,
+    overlap_threshold: float = 0.8,
+) -> tuple[torch.Tensor, list[dict]]:
+    """The segment-building half of `panoptic_inference`, from the kept queries' class scores ``[N]``,
+    classes ``[N]`` and mask probabilities ``[N,H,W]`` (shared with the exported-model path, whose
+    graph outputs probabilities)."""
+    height, width = kept_probs.shape[-2:]
+    panoptic_seg = torch.zeros((height, width), dtype=torch.int32, device=kept_probs.device)
     segments_info: list[dict] = []
     num_kept = kept_labels.shape[0]
     if num_kept == 0:
@@ -77,7 +89,7 @@ def panoptic_inference(
         segments_info.append(
             {"id": segment_id, "category_id": category, "isthing": isthing, "score": class_scores[k]}
         )
-    segment_lookup = torch.tensor(segment_of_query, dtype=torch.int32, device=mask_pred.device)
+    segment_lookup = torch.tensor(segment_of_query, dtype=torch.int32, device=kept_probs.device)
     panoptic_seg = torch.where(winner_in_own_mask, segment_lookup[winner], panoptic_seg)
     return panoptic_seg, segments_info
 
