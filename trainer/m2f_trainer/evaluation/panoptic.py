@@ -16,10 +16,11 @@ order (sorted by gt id, then pred id), so single-process results are bit-identic
 
 from __future__ import annotations
 
+import multiprocessing
 import os
 import threading
 from collections.abc import Iterable, Mapping, Sequence
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -72,7 +73,7 @@ def _dense_index(ids: np.ndarray, sorted_ids: np.ndarray) -> np.ndarray:
             lut[VOID] = 0
         lut[sorted_ids] = np.arange(1, n + 1, dtype=np.uint16)
         try:
-            dense = lut[ids]
+            dense = np.take(lut, ids)  # np.take is about twice as fast as lut[ids] here
         finally:
             lut[sorted_ids] = _UNSET
         np.minimum(dense, n + 1, out=dense)
@@ -294,16 +295,17 @@ def default_num_workers(num_images: int) -> int:
         cores = len(os.sched_getaffinity(0))
     except AttributeError:
         cores = os.cpu_count() or 1
-    # Below a few dozen images a pool costs more than it saves.
-    return max(1, min(cores, 16, num_images // 16))
+    # Below a few dozen images starting worker processes costs more than it saves.
+    return 1 if num_images < 32 else max(1, min(cores, 16, num_images // 16))
 
 
 def pq_compute(gt_json_file, pred_json_file, gt_folder=None, pred_folder=None, num_workers: int | None = None) -> dict:
     """panopticapi's `pq_compute`: same inputs (COCO panoptic JSON + PNG folders), same result, same numbers.
 
-    Folders default to the JSON path without '.json', as in panopticapi. `num_workers` threads decode
-    and score images in parallel (PNG decoding and numpy release the GIL); sums are still added in
-    image order, so the result does not depend on it. Errors are DataError naming the file and id.
+    Folders default to the JSON path without '.json', as in panopticapi. `num_workers` processes
+    decode and score images in parallel (default: one per core from 32 images on, else in-process);
+    their per-image statistics are still added in image order, so the result does not depend on it.
+    Errors are DataError naming the file and id.
     """
     gt_json, pred_json = read_json(gt_json_file), read_json(pred_json_file)
     gt_folder = Path(gt_folder) if gt_folder is not None else _default_folder(gt_json_file)
@@ -332,7 +334,12 @@ def pq_compute(gt_json_file, pred_json_file, gt_folder=None, pred_folder=None, n
         for job in jobs:
             accumulator.add(_score_image(job))
     else:
-        with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="pq") as pool:
-            for stats in pool.map(_score_image, jobs):  # map yields in job order: deterministic sums
+        # Processes, not threads: PNG decoding releases the GIL but the per-image numpy work mostly
+        # does not. forkserver: safe to start from a process that already runs threads (Lightning).
+        context = multiprocessing.get_context("forkserver" if "forkserver" in multiprocessing.get_all_start_methods()
+                                              else "spawn")
+        chunksize = max(1, len(jobs) // (workers * 4))
+        with ProcessPoolExecutor(max_workers=workers, mp_context=context) as pool:
+            for stats in pool.map(_score_image, jobs, chunksize=chunksize):  # in job order: deterministic sums
                 accumulator.add(stats)
     return accumulator.compute(categories)
