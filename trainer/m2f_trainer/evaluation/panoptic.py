@@ -299,6 +299,15 @@ def default_num_workers(num_images: int) -> int:
     return 1 if num_images < 32 else max(1, min(cores, 16, num_images // 16))
 
 
+def _start_method() -> str:
+    """fork (workers start in milliseconds, sharing imports) unless this process runs other Python
+    threads, where forking could copy a held lock: then forkserver, or spawn where that is missing."""
+    methods = multiprocessing.get_all_start_methods()
+    if "fork" in methods and threading.active_count() == 1:
+        return "fork"
+    return "forkserver" if "forkserver" in methods else "spawn"
+
+
 def pq_compute(gt_json_file, pred_json_file, gt_folder=None, pred_folder=None, num_workers: int | None = None) -> dict:
     """panopticapi's `pq_compute`: same inputs (COCO panoptic JSON + PNG folders), same result, same numbers.
 
@@ -334,10 +343,7 @@ def pq_compute(gt_json_file, pred_json_file, gt_folder=None, pred_folder=None, n
         for job in jobs:
             accumulator.add(_score_image(job))
     else:
-        # Processes, not threads: PNG decoding releases the GIL but the per-image numpy work mostly
-        # does not. forkserver: safe to start from a process that already runs threads (Lightning).
-        context = multiprocessing.get_context("forkserver" if "forkserver" in multiprocessing.get_all_start_methods()
-                                              else "spawn")
+        context = multiprocessing.get_context(_start_method())
         chunksize = max(1, len(jobs) // (workers * 4))
         with ProcessPoolExecutor(max_workers=workers, mp_context=context) as pool:
             for stats in pool.map(_score_image, jobs, chunksize=chunksize):  # in job order: deterministic sums
