@@ -137,3 +137,40 @@ def test_datamodule_worker_processes_are_seeded(tmp_path):
     assert all(torch.equal(a, b) for a, b in zip(first, second, strict=True))
     # ...while the second epoch draws new ones.
     assert not all(a.shape == b.shape and torch.equal(a, b) for a, b in zip(first[:2], first[2:], strict=True))
+
+
+def test_check_flags_png_and_json_disagreeing(tmp_path, capsys):
+    assert main(["data", "synth", "--type", "coco_panoptic", "--num-images", "2", "--out", str(tmp_path)]) == 0
+    annotations = tmp_path / "annotations" / "panoptic.json"
+    content = json.loads(annotations.read_text())
+    dropped = content["annotations"][0]["segments_info"].pop()
+    content["annotations"][1]["segments_info"].append({"id": 4242, "category_id": 1, "iscrowd": 0})
+    annotations.write_text(json.dumps(content))
+    capsys.readouterr()
+    assert main(["data", "check", "-e", str(tmp_path / "spec.yaml"), "dataset.val.panoptic_json=null",
+                 "dataset.val.img_dir=null"]) == 2
+    out = capsys.readouterr().out.strip().splitlines()
+    problems = [line.strip() for line in out if line.strip().startswith("problem: ")]
+    assert problems == [
+        f"problem: panoptic PNG {tmp_path / 'panoptic' / '000001.png'} has segment id {dropped['id']} that "
+        f"segments_info of image id 1 does not list",
+        f"problem: {annotations}: segment id 4242 of image id 2 has no pixels in {tmp_path / 'panoptic' / '000002.png'}",
+    ]
+    assert out[-1] == "data check: 2 splits, 4 images, 2 problems"
+
+
+def test_check_real_coco_sample_with_raw_ids(coco_sample_dir, tmp_path, capsys):
+    spec = tmp_path / "spec.yaml"
+    split = {"panoptic_json": "panoptic_val.json", "panoptic_dir": "panoptic", "img_dir": "images",
+             "root_dir": str(coco_sample_dir)}
+    spec.write_text(json.dumps({"model": {"sem_seg_head": {"num_classes": 201}},
+                                "data": {"type": "coco_panoptic", "contiguous_id": False, "val": split}}))
+    assert main(["data", "check", "-e", str(spec)]) == 0
+    out = capsys.readouterr().out.strip().splitlines()
+    content = json.loads((coco_sample_dir / "panoptic_val.json").read_text())
+    segments = [s for a in content["annotations"] for s in a["segments_info"]]
+    crowd = sum(s["iscrowd"] for s in segments)
+    assert f"val (coco_panoptic): 2 images, {len(segments)} segments ({crowd} crowd)" in out
+    people = sum(s["category_id"] == 1 for s in segments)
+    assert f"person {people}" in next(line for line in out if "segments per category (top" in line)
+    assert out[-1] == "data check: 1 splits, 2 images, 0 problems"

@@ -141,6 +141,10 @@ class SegmentationDataset(Dataset):
     def load_annotation(self, index: int, height: int, width: int) -> RawAnnotation:
         raise NotImplementedError
 
+    def audit(self, index: int) -> list[str]:
+        """Inconsistencies of one image's annotation that loading tolerates (``m2f data check``)."""
+        return []
+
     def _report(self, problem: str, strict: bool) -> None:
         if strict:
             raise DataError(problem)

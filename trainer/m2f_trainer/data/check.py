@@ -53,6 +53,7 @@ def check_split(cfg: Any, split: str, label_map: LabelMap) -> SplitReport:
         except DataError as exc:
             report.problems.append(str(exc))
             continue
+        report.problems += dataset.audit(index)
         report.images += 1
         report.segments.update(sample["labels"].tolist())
         report.crowd += int(sample["is_crowd"].sum())

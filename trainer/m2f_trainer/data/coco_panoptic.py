@@ -135,3 +135,23 @@ class CocoPanopticDataset(SegmentationDataset):
         labels = torch.tensor([self.label_map.class_of(s["category_id"]) for s in segments], dtype=torch.int64)
         is_crowd = torch.tensor([bool(s.get("iscrowd", 0)) for s in segments], dtype=torch.bool)
         return RawAnnotation(labels, is_crowd, segment_map=segment_map, segment_ids=segment_ids.tolist())
+
+    def audit(self, index: int) -> list[str]:
+        """PNG segments missing from segments_info and listed segments without pixels.
+
+        Training treats the first as void and drops the second, but COCO's pq_compute rejects both.
+        """
+        record, segments = self.records[index], self.segments[index]
+        png_path = record.extra["panoptic_file"]
+        present = set(np.unique(read_panoptic_png(Path(png_path)).numpy()).tolist()) - {0}
+        listed = {s["id"] for s in segments}
+        problems = [
+            f"panoptic PNG {png_path} has segment id {segment_id} that segments_info of image id "
+            f"{record.image_id} does not list"
+            for segment_id in sorted(present - listed)
+        ]
+        problems += [
+            f"{self.panoptic_json}: segment id {segment_id} of image id {record.image_id} has no pixels in {png_path}"
+            for segment_id in sorted(listed - present)
+        ]
+        return problems
