@@ -16,6 +16,16 @@ from m2f_trainer.errors import UserError
 
 log = logging.getLogger(__name__)
 
+
+def _current_umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+# mkstemp creates 0600 files; published checkpoints get the usual 0666 & ~umask like any other output.
+_FILE_MODE = 0o666 & ~_current_umask()
+
 LATEST_NAME = "mask2former_model_latest.pth"
 EPOCH_TEMPLATE = "model_epoch_{epoch:03d}.pth"
 
@@ -27,6 +37,7 @@ def atomic_torch_save(obj: Any, path: str | os.PathLike) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
+        os.fchmod(fd, _FILE_MODE)
         with os.fdopen(fd, "wb") as handle:
             torch.save(obj, handle)
             handle.flush()
@@ -132,7 +143,7 @@ class EpochCheckpoint(Callback):
         if trainer.sanity_checking:
             return
         epoch_path = self.train_dir / EPOCH_TEMPLATE.format(epoch=epoch)
-        trainer.save_checkpoint(epoch_path)
+        trainer.save_checkpoint(epoch_path, weights_only=False)
         if trainer.is_global_zero:
             atomic_link_or_copy(epoch_path, self.train_dir / LATEST_NAME)
             log.info("saved checkpoint %s", epoch_path)
@@ -146,7 +157,7 @@ class EpochCheckpoint(Callback):
         # Lightning raises SIGTERMException between steps: model and optimizer state are consistent.
         path = self.train_dir / LATEST_NAME
         try:
-            trainer.save_checkpoint(path)
+            trainer.save_checkpoint(path, weights_only=False)
             log.warning("SIGTERM: saved checkpoint %s at epoch %d step %d",
                         path, trainer.current_epoch, trainer.global_step)
         except Exception as exc:  # the pod is going away; never mask the termination itself

@@ -63,7 +63,13 @@ class Mask2FormerModule(L.LightningModule):
         precision = str(self.cfg.train.precision).lower()
         policy = MixedPrecisionPolicy(param_dtype=torch.bfloat16, reduce_dtype=torch.float32) \
             if precision == "bf16" else MixedPrecisionPolicy()
-        data_parallel = mesh["data_parallel"]
+        # A fresh 1-D mesh over all ranks rather than the strategy's 2-D (dp, tp=1) mesh sliced to "dp":
+        # loading a full checkpoint into shards computes wrong shard offsets on the sliced mesh.
+        import torch.distributed as dist
+        from torch.distributed.device_mesh import init_device_mesh
+
+        data_parallel = init_device_mesh(self.device.type, (dist.get_world_size(),),
+                                         mesh_dim_names=("data_parallel",))
         for name, child in self.named_children():
             if any(p.numel() for p in child.parameters()):
                 fully_shard(child, mesh=data_parallel, mp_policy=policy)
@@ -72,8 +78,30 @@ class Mask2FormerModule(L.LightningModule):
     def setup(self, stage: str) -> None:
         self.criterion.to(self.device)
 
+    def on_save_checkpoint(self, checkpoint: dict) -> None:
+        # The layout of m2f_trainer.model.checkpoint_io: weights + the architecture that rebuilds them.
+        model_config = getattr(self.net, "model_config", None)
+        if model_config is not None:
+            checkpoint["model_config"] = dict(model_config)
+
     def on_fit_start(self) -> None:
         self.criterion.to(self.device)
+
+    def on_train_epoch_end(self) -> None:
+        """FSDP2 shards parameters but leaves buffers (BatchNorm running statistics) per rank, where DDP
+        broadcasts rank 0's at every forward. Do the same once per epoch, before validation and the
+        checkpoint, so every replica evaluates and saves the same model."""
+        if getattr(self, "_device_mesh", None) is None:
+            return
+        import torch.distributed as dist
+
+        from torch.distributed.tensor import DTensor
+
+        if not (dist.is_available() and dist.is_initialized()):
+            return
+        for buffer in self.buffers():
+            if not isinstance(buffer, DTensor):
+                dist.broadcast(buffer.data, src=0)
 
     # ------------------------------------------------------------------------------- training
 
@@ -154,3 +182,28 @@ def _clip_settings(train_cfg: Any) -> tuple[str, float, float]:
     if kind not in ("full", "value"):
         raise SpecError(f"train.clip_grad_type={train_cfg.clip_grad_type!r} is not supported; choose full or value")
     return kind, float(train_cfg.clip_grad_norm or 0.0), float(train_cfg.clip_grad_norm_type)
+
+
+def weights_digest(module: nn.Module) -> str:
+    """sha256 over the full (unsharded) state dict in key order. Every rank must call it: sharded FSDP2
+    parameters are all-gathered (DTensor.full_tensor) so each rank hashes the same full weights."""
+    import hashlib
+
+    from torch.distributed.tensor import DTensor
+
+    digest = hashlib.sha256()
+    for name, tensor in module.state_dict().items():
+        if isinstance(tensor, DTensor):
+            tensor = tensor.full_tensor()
+        digest.update(name.encode())
+        digest.update(tensor.detach().to("cpu", torch.float32).contiguous().numpy().tobytes())
+    return digest.hexdigest()
+
+
+class WeightsDigest(L.Callback):
+    """At the end of training each rank logs a digest of its full weights: replicas that drifted apart
+    (a DDP bug, a rank that skipped a step) show up as different digests in the pods' logs."""
+
+    def on_train_end(self, trainer, pl_module) -> None:
+        pl_module.final_weights_digest = weights_digest(pl_module)
+        log.info("rank %d final weights sha256 %s", trainer.global_rank, pl_module.final_weights_digest)

@@ -152,7 +152,8 @@ class ProgressCallback(Callback):
         self._last_metric: tuple[str, float] | None = None
         self._last_loss = None
 
-    def on_fit_start(self, trainer, pl_module) -> None:
+    def on_train_start(self, trainer, pl_module) -> None:
+        # After checkpoint restore: a resumed run's start record names the epoch it resumes at.
         if trainer.is_global_zero:
             self.jsonl = MetricsJsonl(self.train_dir / "metrics.jsonl")
             self.jsonl.write({"event": "start", "epoch": trainer.current_epoch, "step": trainer.global_step,

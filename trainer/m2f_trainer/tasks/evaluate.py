@@ -1,0 +1,99 @@
+"""`m2f evaluate`: score a model (checkpoint / ONNX / TensorRT) on dataset.val, or saved prediction files."""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+from pathlib import Path
+from typing import Any
+
+from m2f_trainer.config import parse_task_args, task_results_dir
+from m2f_trainer.engine.signals import EXIT_TERMINATED, is_termination, terminate_on_sigterm
+from m2f_trainer.errors import SpecError
+from m2f_trainer.tasks import setup_logging
+
+log = logging.getLogger("m2f_trainer.evaluate")
+
+METRICS_FILE = "metrics.json"
+
+
+def main(argv: list[str]) -> int:
+    cfg, _ = parse_task_args(argv, prog="m2f evaluate")
+    setup_logging()
+    with terminate_on_sigterm():
+        try:
+            metrics = evaluate(cfg)
+        except BaseException as exc:
+            if is_termination(exc):
+                return EXIT_TERMINATED
+            raise
+    from m2f_trainer.evaluation.report import format_report
+
+    print(format_report(metrics, cfg.model.mode))
+    return 0
+
+
+def check_num_classes(cfg: Any, model_config: dict | None, field: str) -> None:
+    if model_config is None:
+        return
+    ours, theirs = int(cfg.model.sem_seg_head.num_classes), int(model_config.get("num_classes", -1))
+    if ours != theirs:
+        raise SpecError(f"{field} was trained with num_classes={theirs} but "
+                        f"model.sem_seg_head.num_classes={ours}")
+
+
+def run_model_on_split(cfg: Any, runner, dataset, evaluator=None, on_predictions=None, desc: str = "") -> None:
+    """Batches of `dataset` through `runner`; predictions go to the evaluator and/or a per-batch callback."""
+    import torch
+    from torch.utils.data import DataLoader
+    from tqdm import tqdm
+
+    from m2f_trainer.data.collate import collate
+
+    split_cfg = getattr(cfg.dataset, "val" if desc != "inference" else "test")
+    loader = DataLoader(dataset, batch_size=int(split_cfg.batch_size), shuffle=False,
+                        num_workers=int(split_cfg.num_workers), collate_fn=collate)
+    with torch.inference_mode():
+        for images, _, metas in tqdm(loader, desc=desc or "evaluate", disable=not sys.stderr.isatty(),
+                                     unit="batch"):
+            outputs = runner(images)
+            padded = tuple(images.shape[-2:])
+            if evaluator is not None:
+                predictions = evaluator.update(outputs, metas, padded_size=padded)
+            else:
+                predictions = None
+            if on_predictions is not None:
+                on_predictions(images, outputs, metas, padded, predictions)
+
+
+def evaluate(cfg: Any) -> dict:
+    out_dir = task_results_dir(cfg, "evaluate")
+    out_dir.mkdir(parents=True, exist_ok=True)
+    if cfg.evaluate.predictions:
+        from m2f_trainer.evaluation import evaluate_prediction_dir
+
+        metrics = evaluate_prediction_dir(cfg, Path(cfg.evaluate.predictions))
+    else:
+        from m2f_trainer.data.build import build_dataset
+        from m2f_trainer.engine.runner import build_runner
+        from m2f_trainer.engine.validation import ModelEvaluator
+
+        runner, model_config = build_runner(cfg, "evaluate")
+        check_num_classes(cfg, model_config, "evaluate.checkpoint")
+        dataset = build_dataset(cfg, "val")
+        evaluator = ModelEvaluator(cfg, dataset)
+        log.info("evaluating %d images of dataset.val (%s mode)", len(dataset), evaluator.mode)
+        run_model_on_split(cfg, runner, dataset, evaluator)
+        metrics = {"mode": evaluator.mode, "metrics": evaluator.compute(), "details": evaluator.last_result}
+    from m2f_trainer.evaluation.formats import write_json_atomic
+
+    write_json_atomic(out_dir / METRICS_FILE, json.loads(json.dumps(metrics, default=_jsonable)))
+    log.info("metrics written to %s", out_dir / METRICS_FILE)
+    return metrics
+
+
+def _jsonable(value):
+    if hasattr(value, "tolist"):
+        return value.tolist()
+    return str(value)

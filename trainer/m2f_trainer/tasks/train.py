@@ -1,0 +1,127 @@
+"""`m2f train -e spec.yaml [overrides]`: Lightning training with checkpoints, auto-resume and progress reporting."""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+from pathlib import Path
+from typing import Any
+
+from m2f_trainer.config import parse_task_args, task_results_dir
+from m2f_trainer.engine.signals import EXIT_TERMINATED, is_termination, terminate_on_sigterm
+from m2f_trainer.tasks import setup_logging
+
+log = logging.getLogger("m2f_trainer.train")
+
+
+def main(argv: list[str]) -> int:
+    cfg, _ = parse_task_args(argv, prog="m2f train")
+    setup_logging()
+    with terminate_on_sigterm():
+        try:
+            return train(cfg)
+        except BaseException as exc:
+            if is_termination(exc):
+                log.warning("terminated by SIGTERM; exiting %d", EXIT_TERMINATED)
+                return EXIT_TERMINATED
+            raise
+
+
+def _is_global_rank_zero(plan) -> bool:
+    # Decided before the Trainer exists: Lightning's launcher gives local ranks > 0 a LOCAL_RANK.
+    return plan.node_rank == 0 and os.environ.get("LOCAL_RANK", "0") == "0"
+
+
+def build_trainer(cfg: Any, plan, callbacks: list, train_dir: Path, has_val: bool):
+    import lightning as L
+
+    from m2f_trainer.engine.checkpoints import AtomicCheckpointIO
+    from m2f_trainer.engine.distributed import ContractEnvironment, build_strategy, lightning_precision
+
+    train = cfg.train
+    show_bar = sys.stderr.isatty()
+    if show_bar:
+        from lightning.pytorch.callbacks import TQDMProgressBar
+
+        callbacks = [*callbacks, TQDMProgressBar()]
+    return L.Trainer(
+        accelerator=plan.accelerator,
+        devices=plan.devices,
+        num_nodes=plan.num_nodes,
+        strategy=build_strategy(train.distributed_strategy, plan, train.distributed_timeout_s),
+        plugins=[ContractEnvironment(plan), AtomicCheckpointIO()],
+        precision=lightning_precision(train.precision, plan.accelerator),
+        max_epochs=int(train.num_epochs),
+        limit_train_batches=int(train.iters_per_epoch) if train.iters_per_epoch else 1.0,
+        limit_val_batches=1.0 if has_val else 0,
+        check_val_every_n_epoch=int(train.validation_interval),
+        num_sanity_val_steps=0,
+        callbacks=callbacks,
+        logger=False,
+        enable_checkpointing=False,  # ours: engine.checkpoints.EpochCheckpoint (atomic, TAO file names)
+        enable_progress_bar=show_bar,
+        enable_model_summary=False,
+        default_root_dir=str(train_dir),
+        benchmark=bool(train.cudnn.benchmark) if plan.accelerator == "gpu" else None,
+    )
+
+
+def train(cfg: Any) -> int:
+    import lightning as L
+
+    from m2f_trainer.data.datamodule import M2FDataModule
+    from m2f_trainer.engine.checkpoints import EpochCheckpoint, find_resume_checkpoint, load_model_weights
+    from m2f_trainer.engine.distributed import resolve_launch_plan
+    from m2f_trainer.engine.module import Mask2FormerModule, WeightsDigest
+    from m2f_trainer.engine.progress import ProgressCallback, StatusReporter
+    from m2f_trainer.engine.prometheus import TrainingExporter, metrics_port
+    from m2f_trainer.engine.signals import DeferSigtermToTrainer
+    from m2f_trainer.engine.validation import ModelEvaluator
+    from m2f_trainer.model import build_criterion, build_model
+
+    train_cfg = cfg.train
+    plan = resolve_launch_plan(train_cfg)
+    train_dir = task_results_dir(cfg, "train")
+    train_dir.mkdir(parents=True, exist_ok=True)
+    if int(train_cfg.seed) >= 0:
+        L.seed_everything(int(train_cfg.seed), workers=True, verbose=False)
+
+    model = build_model(cfg)
+    criterion = build_criterion(cfg)
+    resume = find_resume_checkpoint(train_dir, train_cfg.resume_training_checkpoint_path)
+    if resume is None and train_cfg.pretrained_model_path:
+        load_model_weights(model, train_cfg.pretrained_model_path, "train.pretrained_model_path")
+
+    datamodule = M2FDataModule(cfg)
+    # Validation needs labels; an unlabelled or absent val split just skips it.
+    evaluator = ModelEvaluator(cfg, datamodule.dataset("val")) if datamodule.labelled("val") else None
+    module = Mask2FormerModule(model, criterion, cfg, evaluator)
+
+    rank_zero = _is_global_rank_zero(plan)
+    port = metrics_port(train_cfg)
+    exporter = TrainingExporter(port) if rank_zero and port else None
+    status = StatusReporter.from_env() if rank_zero else None
+    progress = ProgressCallback(train_dir, train_cfg.num_epochs, cfg.dataset.train.batch_size,
+                                plain_logs=not sys.stderr.isatty(), exporter=exporter, status=status)
+    module.progress = progress
+    callbacks = [EpochCheckpoint(train_dir, train_cfg.checkpoint_interval, train_cfg.num_epochs), progress,
+                 DeferSigtermToTrainer(), WeightsDigest()]
+    trainer = build_trainer(cfg, plan, callbacks, train_dir, has_val=evaluator is not None)
+    if train_cfg.is_dry_run:
+        log.info("dry run: spec, data, model and trainer are valid; not training")
+        return 0
+    if resume is not None:
+        log.info("resuming from %s", resume)
+    try:
+        trainer.fit(module, datamodule=datamodule, ckpt_path=str(resume) if resume else None)
+    finally:
+        if exporter is not None:
+            exporter.close()
+    if trainer.state.status.value != "finished":
+        log.error("training stopped before the last epoch (status %s)", trainer.state.status.value)
+        return 1
+    log.info("training finished: %d epochs, %d steps; checkpoints in %s",
+             trainer.current_epoch, trainer.global_step, train_dir)
+    return 0
+
