@@ -1,0 +1,1 @@
+"""Deployment formats: ONNX export with a parity gate, onnxruntime and TensorRT runners (docs/export.md)."""

@@ -1,0 +1,146 @@
+"""Parity gate: onnxruntime against the PyTorch export wrapper on the same inputs, per output, with tie rules.
+
+Float outputs must agree within the tolerance (max absolute difference). Discrete outputs must agree
+exactly, except where the PyTorch side itself is on a knife edge that float rounding may tip either way:
+
+- ``pred_classes`` of panoptic queries whose two best class probabilities are within TIE_EPSILON;
+- instance ranks whose top-k class probability is within TIE_EPSILON of a neighbouring rank (or of the
+  best candidate left out): TopK breaks such ties by index in ONNX and unspecified in PyTorch, so the
+  whole rank (mask, score, class) is excused;
+- binary instance-mask pixels whose mask probability is within the tolerance of 0.5.
+
+Excused entries are counted in the report, never hidden.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+
+# Probabilities closer than this are a tie: onnxruntime and PyTorch differ by ~1e-7 in fp32.
+TIE_EPSILON = 1e-5
+
+
+@dataclass
+class OutputParity:
+    name: str
+    shape: list[int]
+    dtype: str
+    max_abs_diff: float
+    excused: int = 0  # tied entries left out of the comparison (see module docstring)
+    mismatches: int = 0  # discrete entries that differ without a tie
+
+    def passed(self, tolerance: float) -> bool:
+        return self.mismatches == 0 and self.max_abs_diff <= tolerance
+
+
+@dataclass
+class ParityReport:
+    tolerance: float
+    batch_size: int
+    outputs: list[OutputParity] = field(default_factory=list)
+
+    @property
+    def passed(self) -> bool:
+        return all(o.passed(self.tolerance) for o in self.outputs)
+
+    def failures(self) -> list[OutputParity]:
+        return [o for o in self.outputs if not o.passed(self.tolerance)]
+
+    def to_dict(self) -> dict:
+        return {
+            "passed": self.passed,
+            "tolerance": self.tolerance,
+            "tie_epsilon": TIE_EPSILON,
+            "batch_size": self.batch_size,
+            "outputs": {
+                o.name: {"shape": o.shape, "dtype": o.dtype, "max_abs_diff": o.max_abs_diff,
+                         "excused": o.excused, "mismatches": o.mismatches}
+                for o in self.outputs
+            },
+        }
+
+    def lines(self) -> list[str]:
+        rows = [f"parity (onnxruntime vs PyTorch, batch {self.batch_size}, tolerance {self.tolerance:g}):"]
+        for o in self.outputs:
+            verdict = "ok" if o.passed(self.tolerance) else "FAIL"
+            extra = f" excused={o.excused}" if o.excused else ""
+            extra += f" mismatches={o.mismatches}" if o.mismatches else ""
+            rows.append(f"  {o.name:<13} {str(o.shape):<20} {o.dtype:<8} max_abs_diff={o.max_abs_diff:.3g}{extra} {verdict}")
+        return rows
+
+
+def parity_inputs(batch_size: int, input_size: tuple[int, int], seed: int = 0) -> torch.Tensor:
+    """A deterministic batch of normalised-range images at the export size: smooth colour fields with
+    rectangles, so that masks and classes vary over the image as they do on real photographs."""
+    generator = torch.Generator().manual_seed(seed)
+    height, width = input_size
+    images = []
+    for _ in range(batch_size):
+        coarse = torch.randn(1, 3, max(2, height // 16), max(2, width // 16), generator=generator)
+        image = torch.nn.functional.interpolate(coarse, size=(height, width), mode="bilinear", align_corners=False)[0]
+        for _ in range(4):
+            top, left = (int(torch.randint(0, max(1, s // 2), (1,), generator=generator)) for s in (height, width))
+            image[:, top: top + height // 3, left: left + width // 3] = torch.randn(3, 1, 1, generator=generator) * 1.5
+        images.append(image)
+    return torch.stack(images)
+
+
+def _float_diff(ours: np.ndarray, theirs: np.ndarray, keep: np.ndarray | None = None) -> float:
+    diff = np.abs(ours.astype(np.float64) - theirs.astype(np.float64))
+    if keep is not None:
+        diff = diff[keep]
+    return float(diff.max()) if diff.size else 0.0
+
+
+def _tied_ranks(top_probs: np.ndarray, next_prob: np.ndarray | None) -> np.ndarray:
+    """bool [B,k]: ranks whose probability is within TIE_EPSILON of a neighbour rank or the left-out best."""
+    gaps = np.abs(np.diff(top_probs, axis=1)) <= TIE_EPSILON  # [B,k-1]: rank r ties rank r+1
+    tied = np.zeros(top_probs.shape, dtype=bool)
+    tied[:, :-1] |= gaps
+    tied[:, 1:] |= gaps
+    if next_prob is not None:
+        tied[:, -1] |= np.abs(top_probs[:, -1] - next_prob) <= TIE_EPSILON
+    return tied
+
+
+def compare_outputs(
+    mode: str, torch_outputs: dict[str, torch.Tensor], ort_outputs: dict[str, np.ndarray], tolerance: float
+) -> ParityReport:
+    """Per-output differences between the wrapper's ``outputs_with_internals`` and onnxruntime's outputs."""
+    ours = {k: v.detach().cpu().numpy() for k, v in torch_outputs.items()}
+    batch = int(next(iter(ort_outputs.values())).shape[0])
+    report = ParityReport(tolerance=tolerance, batch_size=batch)
+
+    def add(name: str, max_abs_diff: float, excused: int = 0, mismatches: int = 0) -> None:
+        out = ort_outputs[name]
+        report.outputs.append(OutputParity(name, list(out.shape), str(out.dtype), max_abs_diff, excused, mismatches))
+
+    for name, out in ort_outputs.items():
+        if out.shape != ours[name].shape:
+            raise ValueError(f"output {name!r}: onnxruntime shape {list(out.shape)} != PyTorch {list(ours[name].shape)}")
+
+    if mode == "semantic":
+        add("pred_masks", _float_diff(ours["pred_masks"], ort_outputs["pred_masks"]))
+    elif mode == "panoptic":
+        for name in ("prob_masks", "pred_masks", "pred_scores"):
+            add(name, _float_diff(ours[name], ort_outputs[name]))
+        tied = np.abs(ours["pred_scores"] - ours["_runner_up"]) <= TIE_EPSILON
+        differs = ours["pred_classes"] != ort_outputs["pred_classes"]
+        add("pred_classes", 0.0, excused=int((differs & tied).sum()), mismatches=int((differs & ~tied).sum()))
+    else:
+        tied = _tied_ranks(ours["_top_probs"], ours.get("_next_prob"))  # [B,k]
+        untied = ~tied
+        add("pred_scores", _float_diff(ours["pred_scores"], ort_outputs["pred_scores"], untied),
+            excused=int(tied.sum()))
+        differs = ours["pred_classes"] != ort_outputs["pred_classes"]
+        add("pred_classes", 0.0, excused=int((differs & tied).sum()), mismatches=int((differs & untied).sum()))
+        # A binary pixel may flip where its probability sits at 0.5 within the tolerance.
+        edge = np.abs(ours["_mask_probs"] - 0.5) <= tolerance
+        flipped = ours["pred_masks"] != ort_outputs["pred_masks"]
+        rank_untied = np.broadcast_to(untied[..., None, None], flipped.shape)
+        add("pred_masks", 0.0, excused=int((flipped & (edge | ~rank_untied)).sum()),
+            mismatches=int((flipped & ~edge & rank_untied).sum()))
+    return report
