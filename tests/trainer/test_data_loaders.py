@@ -277,3 +277,38 @@ def test_missing_annotation_file_and_missing_split(synth_dirs, tmp_path):
     spec = _edit_spec(synth_dirs["coco_panoptic"], tmp_path / "s2.yaml", val__panoptic_dir=None)
     with pytest.raises(SpecError, match=r"dataset.val.panoptic_dir is required for dataset type coco_panoptic"):
         build_dataset(load_spec(spec), "val")
+
+
+def test_model_mode_shapes_targets_of_panoptic_data(synth_dirs):
+    spec = synth_dirs["coco_panoptic"]
+    panoptic = build_dataset(load_spec(spec, ["model.mode=panoptic"]), "val")[0]
+    semantic = build_dataset(load_spec(spec, ["model.mode=semantic"]), "val")[0]
+    instance = build_dataset(load_spec(spec, ["model.mode=instance"]), "val")[0]
+    # semantic: one mask per class, the union of that class's segments
+    assert semantic["labels"].tolist() == sorted(set(panoptic["labels"].tolist()))
+    for mask, label in zip(semantic["masks"], semantic["labels"], strict=True):
+        assert torch.equal(mask, panoptic["masks"][panoptic["labels"] == label].any(0))
+    assert torch.equal(semantic["sem_seg"], panoptic["sem_seg"])
+    # instance: thing segments only (things are the first three classes of the synthetic label map)
+    things = panoptic["labels"] < 3
+    assert torch.equal(instance["labels"], panoptic["labels"][things])
+    assert torch.equal(instance["masks"], panoptic["masks"][things])
+    assert (instance["sem_seg"][~panoptic["masks"][things].any(0)] == 255).all()
+    with pytest.raises(SpecError, match="model.mode instance needs instance annotations"):
+        build_dataset(load_spec(synth_dirs["semantic"], ["model.mode=instance"]), "val")
+
+
+def test_label_map_queries(synth_dirs):
+    path = synth_dirs["coco_panoptic"].parent / "label_map.json"
+    contiguous = LabelMap.from_file(path, contiguous_id=True)
+    raw = LabelMap.from_file(path, contiguous_id=False)
+    assert contiguous.num_classes == 5 and raw.num_classes == 10
+    assert [contiguous.class_of(i) for i in RAW_IDS] == [0, 1, 2, 3, 4]
+    assert [contiguous.raw_id(c) for c in range(5)] == RAW_IDS
+    assert [raw.class_of(i) for i in RAW_IDS] == RAW_IDS
+    assert contiguous.thing_classes == [0, 1, 2] and contiguous.stuff_classes == [3, 4]
+    assert raw.thing_classes == [1, 2, 4] and raw.stuff_classes == [7, 9]
+    assert contiguous.name(3) == "sky" and raw.name(7) == "sky" and raw.color(9) == (110, 80, 40)
+    assert contiguous.to_coco_categories() == json.loads(path.read_text())
+    with pytest.raises(KeyError):
+        raw.raw_id(3)

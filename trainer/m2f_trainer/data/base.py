@@ -111,7 +111,7 @@ class SegmentationDataset(Dataset):
 
     ``transforms`` takes and returns ``{"image": tv_tensors.Image uint8, "segment_map": Mask|None,
     "masks": Mask|None}`` (see m2f_trainer.data.transforms); ``drop_crowd`` removes crowd segments
-    before transforms (training). Without transforms the image stays uint8 and unnormalised.
+    from the targets (training). Without transforms the image stays uint8 and unnormalised.
     ``mode`` shapes the targets for the model mode: ``instance`` keeps thing segments only,
     ``semantic`` merges the segments of a class into one, ``panoptic`` keeps them as annotated.
     """
