@@ -1,7 +1,8 @@
 """Model runners for evaluate / inference: one callable `images [B,3,H,W] -> {"pred_logits", "pred_masks"}`.
 
 A PyTorch checkpoint, an ONNX file or a TensorRT engine are interchangeable behind it: tasks never look
-at what runs the network. Exported runners take and return numpy arrays; ArrayRunner adapts them.
+at what runs the network. Exported runners take and return numpy arrays in TAO's exported layout;
+export.onnx_runner.ExportedModelRunner adapts them (Postprocessor recognises its outputs).
 """
 
 from __future__ import annotations
@@ -11,7 +12,6 @@ import logging
 from collections.abc import Callable
 from typing import Any
 
-import numpy as np
 import torch
 
 from m2f_trainer.errors import SpecError, UserError
@@ -24,7 +24,7 @@ Runner = Callable[[torch.Tensor], dict]
 # batch to {"pred_logits", "pred_masks"} arrays. Looked up lazily: the export extra is optional.
 EXPORTED_RUNNERS = {
     "trt_engine": "m2f_trainer.export.tensorrt:TensorRTRunner",
-    "onnx_file": "m2f_trainer.export.onnx_runner:OnnxRuntimeRunner",
+    "onnx_file": "m2f_trainer.export.onnx_runner:OnnxRunner",
 }
 
 
@@ -39,20 +39,6 @@ class TorchRunner:
     def __call__(self, images: torch.Tensor) -> dict:
         outputs = self.model(images.to(self.device, non_blocking=True))
         return {"pred_logits": outputs["pred_logits"].float(), "pred_masks": outputs["pred_masks"].float()}
-
-
-class ArrayRunner:
-    """Wraps a numpy-in / numpy-out runner (onnxruntime, TensorRT) into the torch-tensor runner interface."""
-
-    def __init__(self, runner: Callable[[np.ndarray], dict]) -> None:
-        self.runner = runner
-
-    def __call__(self, images: torch.Tensor) -> dict:
-        outputs = self.runner(images.detach().cpu().numpy().astype(np.float32, copy=False))
-        missing = [k for k in ("pred_logits", "pred_masks") if k not in outputs]
-        if missing:
-            raise UserError(f"the exported model has no output(s) {missing}; outputs: {sorted(outputs)}")
-        return {k: torch.from_numpy(np.asarray(outputs[k])).float() for k in ("pred_logits", "pred_masks")}
 
 
 def default_device() -> torch.device:
@@ -72,8 +58,13 @@ def build_runner(cfg: Any, task: str) -> tuple[Runner, dict | None]:
             runner_cls = getattr(importlib.import_module(module_name), attr)
         except (ImportError, AttributeError) as exc:
             raise UserError(f"{task}.{field}: this installation cannot run it ({exc})") from None
+        from m2f_trainer.export.onnx_runner import ExportedModelRunner
+
         log.info("%s: running %s with %s", task, path, attr)
-        return ArrayRunner(runner_cls(path)), None
+        try:
+            return ExportedModelRunner(runner_cls(path)), None
+        except UserError as exc:
+            raise UserError(f"{task}.{field}: {exc}") from None
     checkpoint = getattr(task_cfg, "checkpoint", None)
     if not checkpoint:
         raise SpecError(f"{task}.checkpoint: a model is required (or {task}.onnx_file / {task}.trt_engine)")

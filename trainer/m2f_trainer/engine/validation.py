@@ -28,6 +28,12 @@ class Postprocessor:
 
     def __call__(self, outputs: dict, metas: list[dict], padded_size: tuple[int, int]) -> list[dict]:
         model = self.cfg.model
+        if "pred_logits" not in outputs:  # an exported model (ONNX / TensorRT): TAO's output layout
+            from m2f_trainer.export.onnx_runner import predictions_from_exported
+
+            return predictions_from_exported(
+                outputs, [m["image_size"] for m in metas], [m["orig_size"] for m in metas], self.mode,
+                self.thing_mask, model.object_mask_threshold, model.overlap_threshold)
         return postprocess(
             outputs, [m["image_size"] for m in metas], [m["orig_size"] for m in metas], self.mode,
             self.num_classes, object_mask_threshold=model.object_mask_threshold,
