@@ -322,3 +322,18 @@ def test_num_masks_is_averaged_across_ranks(tmp_path):
         assert difference < 1e-6
     # Single process: the local count, clamped to at least 1 for a batch without segments.
     assert average_num_masks([{"labels": torch.zeros(0)}], torch.device("cpu")).item() == 1.0
+
+
+def test_targets_of_different_sizes_behave_as_if_zero_padded_to_the_largest():
+    outputs, targets = make_batch(seed=12, target_counts=[3, 2])
+    cropped = [targets[0], {"labels": targets[1]["labels"], "masks": targets[1]["masks"][:, :48, :40]}]
+    padded = [targets[0], {"labels": targets[1]["labels"],
+                           "masks": F.pad(cropped[1]["masks"], (0, 24, 0, 16))}]
+    criterion = SetCriterion(NUM_CLASSES, num_points=400)
+    torch.manual_seed(1)
+    from_cropped = criterion(outputs, cropped)
+    torch.manual_seed(1)
+    from_padded = criterion(outputs, padded)
+    assert from_cropped.keys() == from_padded.keys()
+    for key in from_cropped:
+        assert torch.equal(from_cropped[key], from_padded[key]), key

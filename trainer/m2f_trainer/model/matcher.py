@@ -42,7 +42,8 @@ def sample_target_points(targets: list[dict], point_coords: torch.Tensor) -> tor
     sampled = []
     for image_index, target in enumerate(targets):
         masks = target["masks"].to(device=point_coords.device, dtype=torch.float32)
-        masks = F.pad(masks, (0, width - masks.shape[-1], 0, height - masks.shape[-2]))
+        if masks.shape[-2:] != (height, width):
+            masks = F.pad(masks, (0, width - masks.shape[-1], 0, height - masks.shape[-2]))
         sampled.append(point_sample(masks[None], point_coords[image_index : image_index + 1], align_corners=False)[0])
     return pad_sequence(sampled, batch_first=True)
 
