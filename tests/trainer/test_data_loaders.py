@@ -128,12 +128,16 @@ def test_ade_folder_pairs(tmp_path):
     label[10:, :5] = 150
     Image.fromarray(label).save(tmp_path / "annotations/training/a.png")
     Image.fromarray(np.zeros((20, 30, 3), dtype=np.uint8)).save(tmp_path / "images/training/a.jpg")
-    label_map = LabelMap.from_class_count(151)
-    dataset = SemanticDataset(label_map, img_dir="images/training", root_dir=tmp_path)
-    sample = dataset.raw_sample(0)
-    assert sample["labels"].tolist() == [3, 150]
-    assert int(sample["masks"][0].sum()) == 300 and int(sample["masks"][1].sum()) == 50
-    assert int((sample["sem_seg"] == 255).sum()) == 20 * 30 - 350  # value 0 ("other") is unlabelled
+    # ADE20k's 150 classes live in mask values 1..150: contiguous classes are value - 1.
+    for contiguous, num_classes, expected in ((True, 150, [2, 149]), (False, 151, [3, 150])):
+        label_map = LabelMap.from_class_count(num_classes, contiguous)
+        dataset = SemanticDataset(label_map, img_dir="images/training", root_dir=tmp_path)
+        sample = dataset.raw_sample(0)
+        assert sample["labels"].tolist() == expected and sample["meta"]["image_id"] == "a"
+        assert int(sample["masks"][0].sum()) == 300 and int(sample["masks"][1].sum()) == 50
+        assert int((sample["sem_seg"] == 255).sum()) == 20 * 30 - 350  # value 0 ("other") is unlabelled
+    with pytest.raises(DataError, match=r"mask .*a.png has value 150, which is not a category"):
+        SemanticDataset(LabelMap.from_class_count(150, False), img_dir="images/training", root_dir=tmp_path)[0]
 
 
 def test_real_coco_sample_matches_json(coco_sample_dir):
@@ -312,3 +316,13 @@ def test_label_map_queries(synth_dirs):
     assert contiguous.to_coco_categories() == json.loads(path.read_text())
     with pytest.raises(KeyError):
         raw.raw_id(3)
+
+
+def test_semantic_spec_without_label_map_uses_mask_values(synth_dirs, tmp_path):
+    spec = _edit_spec(synth_dirs["semantic"], tmp_path / "s.yaml", label_map=None, contiguous_id=False)
+    cfg = load_spec(spec, ["model.sem_seg_head.num_classes=10"])
+    sample = build_dataset(cfg, "val").raw_sample(0)
+    label_png = np.array(Image.open(synth_dirs["semantic"].parent / "masks" / "000001.png"))
+    assert sorted(sample["labels"].tolist()) == sorted(set(np.unique(label_png).tolist()) - {255})
+    with pytest.raises(DataError, match=r"has value 9, which is not a category of model.sem_seg_head.num_classes"):
+        build_dataset(load_spec(spec, ["model.sem_seg_head.num_classes=9"]), "val")[0]  # every image has ground

@@ -14,7 +14,7 @@ from m2f_trainer.data.io import read_json, resolve
 from m2f_trainer.data.label_map import LabelMap
 from m2f_trainer.data.semantic import SemanticDataset
 from m2f_trainer.data.transforms import build_test_transforms, build_train_transforms, tao_train_min_sizes
-from m2f_trainer.errors import SpecError
+from m2f_trainer.errors import DataError, SpecError
 
 SPLITS = ("train", "val", "test")
 
@@ -78,16 +78,14 @@ def build_label_map(cfg: Any) -> LabelMap:
             if source is None or split_type(cfg, split) == "ade":
                 continue
             content = read_json(source[1], source[0].replace("_", " "))
-            if isinstance(content, dict) and "categories" in content:
-                label_map = LabelMap.from_categories(content["categories"], data.contiguous_id, str(source[1]))
-                break
-        if label_map is None:
-            if data.contiguous_id:
-                raise SpecError(
-                    "dataset.label_map is required: contiguous_id true needs the category list, and no split "
-                    "has a COCO json with categories"
-                )
-            label_map = LabelMap.from_class_count(cfg.model.sem_seg_head.num_classes, "model.sem_seg_head.num_classes")
+            if not isinstance(content, dict) or "categories" not in content:
+                raise DataError(f"{source[1]} has no 'categories' and dataset.label_map is not set")
+            label_map = LabelMap.from_categories(content["categories"], data.contiguous_id, str(source[1]))
+            break
+        if label_map is None:  # semantic masks (or unlabelled images) only: mask values are the ids
+            label_map = LabelMap.from_class_count(
+                cfg.model.sem_seg_head.num_classes, data.contiguous_id, "model.sem_seg_head.num_classes"
+            )
     num_classes = cfg.model.sem_seg_head.num_classes
     if label_map.num_classes > num_classes:
         hint = (

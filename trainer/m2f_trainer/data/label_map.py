@@ -98,12 +98,17 @@ class LabelMap:
         return cls(parse_categories(entries, source), contiguous_id, source=source)
 
     @classmethod
-    def from_class_count(cls, num_classes: int, source: str = "<num_classes>") -> LabelMap:
-        """Raw ids 1..num_classes-1 used as classes directly: semantic data with no label map."""
-        if num_classes < 2:
-            raise DataError(f"{source}: need at least 2 classes to use raw mask values as classes")
-        categories = [Category(i, f"class_{i}", _fallback_color(i), False) for i in range(1, num_classes)]
-        return cls(categories, contiguous_id=False, source=source)
+    def from_class_count(cls, num_classes: int, contiguous_id: bool, source: str = "<num_classes>") -> LabelMap:
+        """Categories for semantic masks without a label map: raw ids are the mask values.
+
+        contiguous_id true: values 1..num_classes become classes 0..num_classes-1 (ADE20k's 150
+        classes in values 1..150); false: values 1..num_classes-1 are the classes themselves.
+        """
+        last = num_classes if contiguous_id else num_classes - 1
+        if last < 1:
+            raise DataError(f"{source}: {num_classes} classes leave no mask value to use as a category")
+        categories = [Category(i, f"class_{i}", _fallback_color(i), False) for i in range(1, last + 1)]
+        return cls(categories, contiguous_id=contiguous_id, source=source)
 
     # ----------------------------------------------------------------------------------- queries
 
