@@ -98,4 +98,21 @@ def spec_error(body: dict) -> str | None:
         error = _export_error(spec)
         if error:
             return error
+    if info.task == "train":
+        error = _gang_shape_error(spec, experiment)
+        if error:
+            return error
     return experiment_error(experiment)
+
+
+def _gang_shape_error(spec: dict, experiment: dict) -> str | None:
+    """spec.nodes / spec.gpusPerNode define the gang; an experiment may repeat them but not contradict them."""
+    train = experiment.get("train") if isinstance(experiment.get("train"), dict) else {}
+    nodes, per_node = spec.get("nodes", 1), max(spec.get("gpusPerNode", 0), 1)
+    if "num_nodes" in train and train["num_nodes"] != nodes:
+        return (f"spec.experiment.train.num_nodes: {train['num_nodes']!r} disagrees with spec.nodes: {nodes} "
+                "(spec.nodes defines the gang; leave num_nodes out)")
+    if "num_gpus" in train and train["num_gpus"] != per_node:
+        return (f"spec.experiment.train.num_gpus: {train['num_gpus']!r} disagrees with spec.gpusPerNode: "
+                f"{spec.get('gpusPerNode', 0)} ({per_node} process(es) per node; leave num_gpus out)")
+    return None

@@ -9,8 +9,17 @@ from m2f_operator.builders import meta
 
 def render_experiment(body: dict, results_root: str = meta.DEFAULT_RESULTS_ROOT) -> str:
     """The experiment as the pods read it; results_dir is the operator's choice (also in M2F_RESULTS_DIR)."""
-    experiment = dict(body["spec"].get("experiment") or {})
+    spec = body["spec"]
+    experiment = dict(spec.get("experiment") or {})
     experiment["results_dir"] = meta.results_dir(body, results_root)
+    if meta.kind_info(body).task == "train":
+        # The gang's shape is the resource's (spec.nodes x spec.gpusPerNode), which the pod env contract
+        # also carries; the trainer rejects a spec that disagrees with its env, so render it in.
+        # gpu_ids go: a pod sees only the GPUs allocated to it, as devices 0..n-1.
+        train = {k: v for k, v in (experiment.get("train") or {}).items() if k != "gpu_ids"}
+        train["num_nodes"] = spec.get("nodes", 1)
+        train["num_gpus"] = max(spec.get("gpusPerNode", 0), 1)
+        experiment["train"] = train
     return yaml.safe_dump(experiment, sort_keys=False)
 
 
