@@ -36,7 +36,7 @@ class _State:
     pod_index: kopf.Index | None = None
     resync_task: asyncio.Task | None = None
     locks: dict[tuple[str, str, str], asyncio.Lock] = {}
-    # (plural, namespace, name) -> (phase, needs time-based resync, trainRef)
+    # (plural, namespace, name) -> (phase, has a clock running (deadline/TTL/waiting), trainRef)
     known: dict[tuple[str, str, str], tuple[str, bool, str | None]] = {}
 
 
@@ -170,7 +170,10 @@ async def on_resource_event(body: kopf.Body, type: str | None, namespace: str, n
         return
     spec, status = body.get("spec") or {}, body.get("status") or {}
     phase = status.get("phase", st.PENDING)
-    needs_time = phase not in st.TERMINAL_PHASES or spec.get("ttlSecondsAfterFinished") is not None
+    if phase in st.TERMINAL_PHASES:
+        needs_time = spec.get("ttlSecondsAfterFinished") is not None
+    else:
+        needs_time = spec.get("activeDeadlineSeconds") is not None or phase in (st.RESTARTING, st.WAITING_FOR_TRAIN)
     previous = STATE.known.get(key)
     STATE.known[key] = (phase, needs_time, spec.get("trainRef"))
     metrics.PHASES.observe(body["kind"], namespace, name, phase)
@@ -183,7 +186,11 @@ async def on_resource_event(body: kopf.Body, type: str | None, namespace: str, n
 
 
 @kopf.on.event("pods", labels={meta.LABEL_MANAGED_BY: meta.MANAGED_BY})
-async def on_pod_event(labels: kopf.Labels, namespace: str, m2f_pods: kopf.Index, **_) -> None:
+async def on_pod_event(body: kopf.Body, type: str | None, labels: kopf.Labels, namespace: str,
+                       m2f_pods: kopf.Index, **_) -> None:
+    pod_status = body.get("status") or {}
+    if type == "ADDED" and pod_status.get("phase", "Pending") == "Pending" and not body.get("metadata", {}).get("deletionTimestamp"):
+        return  # our own create, already counted by the reconcile that made it
     task, job_name = labels.get(meta.LABEL_KIND), labels.get(meta.LABEL_JOB_NAME)
     info = next((i for i in meta.KINDS.values() if i.task == task), None)
     if info is None or not job_name:
@@ -204,9 +211,22 @@ async def _resync_forever() -> None:
         await asyncio.sleep(STATE.config.resync_seconds)
         if STATE.pod_index is None:
             continue
-        due = [key for key, (_, needs_time, _) in list(STATE.known.items()) if needs_time]
-        for plural, namespace, name in due:
+        for plural, namespace, name in _due_for_resync(STATE.pod_index):
             await _safe_reconcile(plural, namespace, name, "resync", STATE.pod_index)
+
+
+def _due_for_resync(pod_index: kopf.Index) -> list[tuple[str, str, str]]:
+    """Resources whose state can change with time alone: a clock (deadline, TTL, waiting) or a pod
+    being deleted (its node may be lost). Everything else changes only through watch events."""
+    due = []
+    for (plural, namespace, name), (_phase, has_clock, _) in list(STATE.known.items()):
+        if has_clock:
+            due.append((plural, namespace, name))
+            continue
+        pods = pod_index.get((namespace, meta.KIND_BY_PLURAL[plural].task, name), [])
+        if any(pod["metadata"].get("deletionTimestamp") for pod in pods):
+            due.append((plural, namespace, name))
+    return due
 
 
 def _register() -> None:
