@@ -90,6 +90,9 @@ def _columns(rtype: ResourceType) -> list[dict]:
     if rtype.group == "" and rtype.plural == "pods":
         return [name, *({"name": n, "type": t, "format": "", "description": n, "priority": 0}
                          for n, t in (("Ready", "string"), ("Status", "string"), ("Restarts", "integer"))), age]
+    if rtype.group == "" and rtype.plural == "events":
+        return [{"name": n, "type": "string", "format": "", "description": n, "priority": 0}
+                for n in ("Last Seen", "Type", "Reason", "Object", "Message")] + [dict(name, priority=1)]
     if rtype.group == "" and rtype.plural == "nodes":
         return [name, *({"name": n, "type": "string", "format": "", "description": n, "priority": 0}
                          for n in ("Status", "Roles")), age,
@@ -106,6 +109,12 @@ def _cells(rtype: ResourceType, obj: dict) -> list:
     age = human_age(obj["metadata"].get("creationTimestamp"))
     if rtype.group == "" and rtype.plural == "pods":
         return [name, *_pod_cells(obj), age]
+    if rtype.group == "" and rtype.plural == "events":
+        involved = obj.get("involvedObject") or {}
+        last = obj.get("lastTimestamp") or obj.get("eventTime") or obj["metadata"].get("creationTimestamp")
+        last = last[:19] + "Z" if isinstance(last, str) and len(last) > 20 else last
+        return [human_age(last), obj.get("type", ""), obj.get("reason", ""),
+                f"{str(involved.get('kind', '')).lower()}/{involved.get('name', '')}", obj.get("message", ""), name]
     if rtype.group == "" and rtype.plural == "nodes":
         ready = {c.get("type"): c.get("status") for c in (obj.get("status") or {}).get("conditions", [])}.get("Ready")
         version = ((obj.get("status") or {}).get("nodeInfo") or {}).get("kubeletVersion", "")
