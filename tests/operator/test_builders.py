@@ -144,6 +144,12 @@ def test_configmap_renders_experiment_with_operator_results_dir():
     assert rendered["results_dir"] == "/mnt/out/run1"
     assert rendered["model"]["sem_seg_head"]["num_classes"] == 4
     assert cm["metadata"]["name"] == "run-experiment"
+    # The gang's shape, which the trainer checks against WORLD_SIZE / NUM_GPU_PER_NODE.
+    assert rendered["train"] == {"num_epochs": 2, "num_nodes": 1, "num_gpus": 1}
+    rendered = yaml.safe_load(build_configmap(resource(nodes=4, gpusPerNode=8))["data"]["spec.yaml"])
+    assert (rendered["train"]["num_nodes"], rendered["train"]["num_gpus"]) == (4, 8)
+    evaluate = yaml.safe_load(build_configmap(resource("Mask2FormerEvaluate"))["data"]["spec.yaml"])
+    assert "num_nodes" not in evaluate.get("train", {})
 
 
 def test_headless_service_selects_the_gang():

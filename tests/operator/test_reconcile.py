@@ -163,6 +163,8 @@ def test_ttl_after_finished(ttl, after, deleted):
         ({"nodes": 0}, "spec.nodes"),
         ({"cleanPodPolicy": "Sometimes"}, "spec.cleanPodPolicy"),
         ({"retryableExitCodes": [2]}, "spec.retryableExitCodes"),
+        ({"nodes": 2, "experiment": {"train": {"num_nodes": 3}}}, "spec.experiment.train.num_nodes"),
+        ({"gpusPerNode": 8, "experiment": {"train": {"num_gpus": 4}}}, "spec.experiment.train.num_gpus"),
     ],
 )
 def test_invalid_spec_names_the_field_and_creates_nothing(spec, field):
