@@ -32,6 +32,8 @@ def test_synth_is_deterministic_and_its_spec_validates(tmp_path, capsys, kind):
     assert main(["data", "synth", "--type", kind, "--num-images", "3", "--size", "48x64", "--seed", "6",
                  "--out", str(tmp_path / "c")]) == 0
     assert _digest(tmp_path / "c")[images[0]] != first[images[0]]
+    assert main([*args[:4], "--num-images", "2", "--out", str(tmp_path / "c")]) == 0  # rewrite, smaller
+    assert sorted(p.name for p in (tmp_path / "c" / "images").iterdir()) == ["000001.jpg", "000002.jpg"]
     cfg = load_spec(tmp_path / "a" / "spec.yaml")
     assert cfg.model.mode == {"coco_panoptic": "panoptic", "coco": "instance", "semantic": "semantic"}[kind]
     assert main(["validate", "-e", str(tmp_path / "a" / "spec.yaml")]) == 0

@@ -161,6 +161,10 @@ def synthesize(
     if min(height, width) < 16:
         raise ValueError("size must be at least 16x16")
     out = Path(out_dir).resolve()
+    # Files of an earlier, larger run would linger in the image folder (the test split lists it).
+    for folder in ("images", "panoptic", "masks"):
+        for stale in (out / folder).glob("[0-9][0-9][0-9][0-9][0-9][0-9].*"):
+            stale.unlink()
     (out / "images").mkdir(parents=True, exist_ok=True)
     categories = THINGS if kind == "coco" else THINGS + STUFF
     (out / "label_map.json").write_text(json.dumps(categories, indent=1))
