@@ -21,6 +21,7 @@ from torch import nn
 from torch.utils.checkpoint import checkpoint
 
 from m2f_trainer.errors import SpecError
+from m2f_trainer.model.position_encoding import cached_constant
 
 log = logging.getLogger(__name__)
 
@@ -58,13 +59,19 @@ class _PadThenShiftSwinBlock(SwinTransformerBlock):
         shifted = any(self.shift_size)
         if shifted:
             x = torch.roll(x, shifts=(-self.shift_size[0], -self.shift_size[1]), dims=(1, 2))
-        attn_mask = self.get_attn_mask(x) if shifted else None  # regions of the padded, shifted map
+        attn_mask = _shift_mask(self, padded_h, padded_w, x.device, x.dtype) if shifted else None
         windows = window_partition(x, self.window_size).view(-1, self.window_area, channels)
         windows = self.attn(windows, mask=attn_mask).view(-1, win_h, win_w, channels)
         x = window_reverse(windows, self.window_size, padded_h, padded_w)
         if shifted:
             x = torch.roll(x, shifts=self.shift_size, dims=(1, 2))
         return x[:, :height, :width, :].contiguous()
+
+
+@cached_constant
+def _shift_mask(block: SwinTransformerBlock, height: int, width: int, device, dtype) -> torch.Tensor:
+    """The -100/0 region mask of a shifted block for a padded map (window and shift are fixed per block)."""
+    return block.get_attn_mask(torch.empty(1, height, width, 1, device=device, dtype=dtype))
 
 
 class SwinBackbone(nn.Module):

@@ -8,6 +8,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from m2f_trainer.model.position_encoding import cached_constant
+
 
 def ms_deform_attn_core(
     value: torch.Tensor,
@@ -35,6 +37,11 @@ def ms_deform_attn_core(
         contribution = (sampled * weights_l).sum(-1)  # [B*heads, D, Q]
         output = contribution if output is None else output + contribution
     return output.view(batch, heads * head_dim, queries).transpose(1, 2).contiguous()
+
+
+@cached_constant
+def _offset_normalizer(spatial_shapes: tuple[tuple[int, int], ...], device, dtype) -> torch.Tensor:
+    return torch.tensor([[w, h] for h, w in spatial_shapes], dtype=dtype, device=device)
 
 
 class MSDeformAttn(nn.Module):
@@ -84,7 +91,7 @@ class MSDeformAttn(nn.Module):
         weights = self.attention_weights(query).view(batch, queries, self.n_heads, self.n_levels * self.n_points)
         weights = weights.softmax(-1).view(batch, queries, self.n_heads, self.n_levels, self.n_points)
         # (width, height) per level: offsets are in pixels of each level, locations in [0, 1].
-        normalizer = torch.tensor([[w, h] for h, w in spatial_shapes], dtype=query.dtype, device=query.device)
+        normalizer = _offset_normalizer(tuple(spatial_shapes), query.device, query.dtype)
         locations = reference_points[:, :, None, :, None, :] + offsets / normalizer[None, None, None, :, None, :]
         output = ms_deform_attn_core(value, spatial_shapes, locations, weights)
         return self.output_proj(output)

@@ -10,7 +10,7 @@ from torch import nn
 from torch.utils.checkpoint import checkpoint
 
 from m2f_trainer.model.ms_deform_attn import MSDeformAttn
-from m2f_trainer.model.position_encoding import sine_position_embedding
+from m2f_trainer.model.position_encoding import cached_constant, sine_position_embedding
 
 
 class ChannelLayerNorm(nn.Module):
@@ -82,6 +82,20 @@ class DeformableEncoderLayer(nn.Module):
         return self.norm2(src + self.dropout3(ffn))
 
 
+@cached_constant
+def _reference_points(spatial_shapes: tuple[tuple[int, int], ...], device) -> torch.Tensor:
+    points = []
+    for height, width in spatial_shapes:
+        ref_y, ref_x = torch.meshgrid(
+            torch.linspace(0.5, height - 0.5, height, dtype=torch.float32, device=device) / height,
+            torch.linspace(0.5, width - 0.5, width, dtype=torch.float32, device=device) / width,
+            indexing="ij",
+        )
+        points.append(torch.stack((ref_x.reshape(-1), ref_y.reshape(-1)), -1))
+    ref = torch.cat(points, 0)
+    return ref[None, :, None, :].expand(1, -1, len(spatial_shapes), -1).contiguous()
+
+
 class DeformableEncoder(nn.Module):
     def __init__(self, num_layers: int, **layer_kwargs):
         super().__init__()
@@ -91,16 +105,7 @@ class DeformableEncoder(nn.Module):
     @staticmethod
     def reference_points(spatial_shapes, batch: int, device) -> torch.Tensor:
         """Pixel centres of every level, normalised to [0, 1]; `[B, S, L, 2]` (no padding: valid ratios are 1)."""
-        points = []
-        for height, width in spatial_shapes:
-            ref_y, ref_x = torch.meshgrid(
-                torch.linspace(0.5, height - 0.5, height, dtype=torch.float32, device=device) / height,
-                torch.linspace(0.5, width - 0.5, width, dtype=torch.float32, device=device) / width,
-                indexing="ij",
-            )
-            points.append(torch.stack((ref_x.reshape(-1), ref_y.reshape(-1)), -1))
-        ref = torch.cat(points, 0)
-        return ref[None, :, None, :].expand(batch, -1, len(spatial_shapes), -1)
+        return _reference_points(tuple(spatial_shapes), device).expand(batch, -1, -1, -1)
 
     def forward(self, src, pos, spatial_shapes):
         reference_points = self.reference_points(spatial_shapes, src.shape[0], src.device)

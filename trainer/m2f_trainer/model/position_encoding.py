@@ -2,9 +2,30 @@
 
 from __future__ import annotations
 
+import functools
 import math
+from collections.abc import Callable
 
 import torch
+
+
+def cached_constant(fn: Callable[..., torch.Tensor]) -> Callable[..., torch.Tensor]:
+    """Memoise a shape-only constant (positions, masks, grids) by its hashable arguments.
+
+    The step is launch-bound at Mask2Former's sizes, and these constants are dozens of small kernels each.
+    When tracing, compiling or exporting, compute them instead so that they stay shape-dependent in graphs.
+    """
+    cached = functools.lru_cache(maxsize=64)(fn)
+
+    @functools.wraps(fn)
+    def wrapper(*args):
+        if torch.jit.is_tracing() or torch.compiler.is_compiling() or torch.onnx.is_in_onnx_export():
+            return fn(*args)
+        # Normal (not inference-mode) tensors without grad: usable by any later training step.
+        with torch.inference_mode(False), torch.no_grad():
+            return cached(*args)
+
+    return wrapper
 
 
 def sine_position_embedding(
@@ -19,10 +40,16 @@ def sine_position_embedding(
 ) -> torch.Tensor:
     """`[B, 2*num_pos_feats, H, W]` embedding, y features first then x, as PositionEmbeddingSine(normalize=True).
 
-    The original builds it from a cumulative sum over an all-valid mask; with no padding mask that cumsum is
+    The batch dimension is an expanded view of one cached `[1, C, H, W]` map. The original builds it from a cumulative sum over an all-valid mask; with no padding mask that cumsum is
     simply 1..H (1..W), so we write it as an arange. Computed in fp32 and cast at the end so that bf16/fp16
     autocast does not quantise the positions.
     """
+    embedding = _sine_embedding(height, width, num_pos_feats, device, dtype, temperature)
+    return embedding.expand(batch_size, -1, -1, -1)
+
+
+@cached_constant
+def _sine_embedding(height, width, num_pos_feats, device, dtype, temperature) -> torch.Tensor:
     scale = 2 * math.pi
     eps = 1e-6
     y_embed = torch.arange(1, height + 1, dtype=torch.float32, device=device)
@@ -41,4 +68,4 @@ def sine_position_embedding(
         (pos_y[:, None, :].expand(height, width, num_pos_feats), pos_x[None, :, :].expand(height, width, num_pos_feats)),
         dim=2,
     )  # [H, W, 2F]
-    return pos.permute(2, 0, 1).unsqueeze(0).expand(batch_size, -1, -1, -1).to(dtype)
+    return pos.permute(2, 0, 1).unsqueeze(0).to(dtype).contiguous()
