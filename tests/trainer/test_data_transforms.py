@@ -9,6 +9,8 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as nnf
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from m2f_trainer.data import collate
 from m2f_trainer.data.coco_instance import CocoInstanceDataset
 from m2f_trainer.data.coco_panoptic import CocoPanopticDataset
@@ -17,6 +19,7 @@ from m2f_trainer.data.transforms import (
     DEFAULT_PIXEL_STD,
     build_test_transforms,
     build_train_transforms,
+    shortest_edge_size,
     tao_train_min_sizes,
 )
 from PIL import Image
@@ -193,3 +196,18 @@ def test_collate_pads_to_multiple_of_32_with_neutral_values(painted):
         assert torch.equal(masks[:, :height, :width], sample["masks"]) and not masks[:, outside].any()
         assert (sem_seg[outside] == 255).all() and torch.equal(sem_seg[:height, :width], sample["sem_seg"])
         assert torch.equal(targets[position]["labels"], sample["labels"])
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.integers(1, 4000), st.integers(1, 4000), st.integers(16, 2048), st.integers(16, 4096))
+def test_shortest_edge_size_properties(height, width, short_edge, max_size):
+    out_h, out_w = shortest_edge_size(height, width, short_edge, max_size)
+    capped = max(height, width) * short_edge / min(height, width) > max_size
+    # the long side never passes the cap; uncapped, the short side is exactly the drawn length
+    assert max(out_h, out_w) <= max_size
+    if not capped:
+        assert min(out_h, out_w) == short_edge
+    # both sides are the same scale of the input, up to rounding (and at least one pixel)
+    scale = max_size / max(height, width) if capped else short_edge / min(height, width)
+    assert abs(out_h - height * scale) <= 0.5 or out_h == 1
+    assert abs(out_w - width * scale) <= 0.5 or out_w == 1
