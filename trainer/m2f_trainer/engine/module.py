@@ -152,18 +152,31 @@ class Mask2FormerModule(L.LightningModule):
             return
         images, _, metas = batch
         outputs = self(images)
-        self.evaluator.update(_to_float(outputs), metas, padded_size=tuple(images.shape[-2:]))
+        self.evaluator.update(_to_float(outputs), metas, padded_size=tuple(images.shape[-2:]),
+                              keep=self._not_padding(batch_idx, len(metas)))
+
+    def _not_padding(self, batch_idx: int, batch_len: int) -> list[bool]:
+        """Lightning's DistributedSampler pads the split with repeated images so that every rank gets the
+        same count; rank r's i-th image sits at position r + i * world_size of the padded list."""
+        world, rank = self.trainer.world_size, self.trainer.global_rank
+        if world == 1:
+            return [True] * batch_len
+        batch_size = self.trainer.val_dataloaders.batch_size or batch_len
+        total = len(self.evaluator.dataset)
+        return [rank + (batch_idx * batch_size + j) * world < total for j in range(batch_len)]
 
     def on_validation_epoch_end(self) -> None:
         if self.evaluator is None or self.trainer.sanity_checking:
             return
-        metrics = self.evaluator.compute(self.trainer.strategy)
+        from m2f_trainer.engine.validation import scalar_metrics
+
+        metrics = scalar_metrics(self.evaluator.compute(self.trainer.strategy))
         name, value = self.evaluator.primary(metrics)
-        self.log(f"val_{name}", float(value), rank_zero_only=True)
-        record = {"epoch": self.current_epoch, "step": self.global_step, **metrics}
-        self.validation_results.append(record)
+        value = float("nan") if value is None else float(value)
+        self.log(f"val_{name}", value, rank_zero_only=True)
+        self.validation_results.append({"epoch": self.current_epoch, "step": self.global_step, **metrics})
         if self.progress is not None and self.trainer.is_global_zero:
-            self.progress.record_validation(self.trainer, metrics, (name, float(value)))
+            self.progress.record_validation(self.trainer, metrics, (name, value))
 
 
 def _to_float(outputs: Any) -> Any:

@@ -224,5 +224,3 @@ class ProgressCallback(Callback):
         if self.jsonl is not None:
             self.jsonl.close()
             self.jsonl = None
-        if self.status is not None:
-            self.status.close()

@@ -1,4 +1,4 @@
-"""Validation metrics during training and `m2f evaluate`: model outputs -> the evaluation package's accumulators."""
+"""Validation metrics during training and `m2f evaluate`: model outputs -> the evaluation package's evaluators."""
 
 from __future__ import annotations
 
@@ -7,9 +7,8 @@ from typing import Any
 import numpy as np
 import torch
 
+from m2f_trainer.evaluation import report
 from m2f_trainer.model.postprocess import postprocess
-
-PRIMARY = {"panoptic": "PQ", "instance": "AP", "semantic": "mIoU"}
 
 
 class Postprocessor:
@@ -40,84 +39,114 @@ class Postprocessor:
             overlap_threshold=model.overlap_threshold, test_topk_per_image=model.test_topk_per_image,
             thing_classes=self.thing_mask, padded_size=padded_size)
 
+    def raw_id(self, class_index: int) -> int:
+        """Raw category id of a class; 0 for a class index no category uses (non-contiguous label maps)."""
+        try:
+            return self.label_map.raw_id(class_index)
+        except KeyError:
+            return 0
+
 
 class ModelEvaluator:
-    """Feeds one dataset split through postprocess into the accumulator of the spec's mode. Ground truth is
-    read at file resolution with the dataset's `raw_sample`, so metrics match the offline COCO tools; the
-    per-rank states are gathered (all_gather_object) before computing, identical on every rank."""
+    """Streams one labelled split through postprocess into the mode's evaluator: PQAccumulator (panoptic),
+    COCOeval on gathered RLE results (instance), SemanticConfusion (semantic). Ground truth is read at file
+    resolution with the dataset's `raw_sample`, so numbers match the offline tools. compute() gathers every
+    rank's state first and returns report's flat metrics, identical on every rank."""
 
-    def __init__(self, cfg: Any, dataset: Any) -> None:
-        self.dataset = dataset
-        self.label_map = dataset.label_map
-        self.predict = Postprocessor(cfg, dataset.label_map)
+    def __init__(self, cfg: Any, ground_truth: Any) -> None:
+        self.ground_truth = ground_truth
+        self.dataset = ground_truth.dataset
+        self.label_map = ground_truth.label_map
+        self.predict = Postprocessor(cfg, self.label_map)
         self.mode = self.predict.mode
         self.num_classes = self.predict.num_classes
-        self._index_of = {record.image_id: i for i, record in enumerate(dataset.records)}
+        self.categories = self.label_map.to_coco_categories()
+        self._index_of = {record.image_id: i for i, record in enumerate(self.dataset.records)}
+        self._instance_gt = None
         self.reset()
 
-    # ------------------------------------------------------------------------------- state
-
     def reset(self) -> None:
+        self.num_images = 0
         if self.mode == "panoptic":
             from m2f_trainer.evaluation.panoptic import PQAccumulator
 
-            self.accumulator = PQAccumulator()
+            self.state = PQAccumulator()
         elif self.mode == "instance":
-            from m2f_trainer.evaluation.instance import InstanceAccumulator
-
-            self.accumulator = InstanceAccumulator(self.label_map.to_coco_categories())
+            self.state = []  # COCO results entries (RLE), scored with COCOeval once gathered
         else:
-            from m2f_trainer.evaluation.semantic import ConfusionMatrix
+            from m2f_trainer.evaluation.semantic import SemanticConfusion
 
-            self.accumulator = ConfusionMatrix(self.num_classes)
+            self.state = SemanticConfusion(self.num_classes)
 
     @torch.no_grad()
-    def update(self, outputs: dict, metas: list[dict], padded_size: tuple[int, int]) -> list[dict]:
+    def update(self, outputs: dict, metas: list[dict], padded_size: tuple[int, int],
+               keep: list[bool] | None = None) -> list[dict]:
+        """Score a batch; `keep[i]` False skips image i (a distributed sampler's padding duplicate)."""
         predictions = self.predict(outputs, metas, padded_size)
-        for prediction, meta in zip(predictions, metas, strict=True):
-            truth = self.dataset.raw_sample(self._index_of[meta["image_id"]])
-            self._add(prediction, truth, meta)
+        for i, (prediction, meta) in enumerate(zip(predictions, metas, strict=True)):
+            if keep is None or keep[i]:
+                self._add(prediction, self.dataset.raw_sample(self._index_of[meta["image_id"]]), meta)
         return predictions
 
     def _add(self, prediction: dict, truth: dict, meta: dict) -> None:
-        raw_id = self.label_map.raw_id
+        raw_id = self.predict.raw_id
+        self.num_images += 1
+        where = f"image_id {meta['image_id']}"
         if self.mode == "panoptic":
             pred_seg, pred_segments = prediction["panoptic_seg"]
             gt_seg = np.zeros(tuple(truth["masks"].shape[-2:]), dtype=np.int64)
             gt_segments = []
             for k, (mask, label, crowd) in enumerate(
                     zip(truth["masks"], truth["labels"].tolist(), truth["is_crowd"].tolist(), strict=True)):
-                segment_id = k + 1
-                gt_seg[mask.numpy()] = segment_id
-                gt_segments.append({"id": segment_id, "category_id": raw_id(label), "iscrowd": int(crowd)})
+                gt_seg[mask.numpy()] = k + 1
+                gt_segments.append({"id": k + 1, "category_id": raw_id(label), "iscrowd": int(crowd)})
             pred_segments = [{"id": s["id"], "category_id": raw_id(s["category_id"])} for s in pred_segments]
-            self.accumulator.update(gt_seg, gt_segments, pred_seg.cpu().numpy(), pred_segments,
-                                    where=f"image_id {meta['image_id']}")
+            self.state.update(gt_seg, gt_segments, pred_seg.cpu().numpy(), pred_segments, where=where)
         elif self.mode == "instance":
+            from m2f_trainer.evaluation.formats import encode_instances
+
             instances = prediction["instances"]
-            self.accumulator.update(
-                meta["image_id"], truth,
-                instances["masks"].cpu().numpy(), instances["scores"].cpu().numpy(),
+            self.state += encode_instances(
+                meta["image_id"], instances["masks"].cpu().numpy(), instances["scores"].cpu().tolist(),
                 [raw_id(c) for c in instances["labels"].tolist()])
         else:
-            self.accumulator.update(prediction["sem_seg"].argmax(0).cpu().numpy(), truth["sem_seg"].numpy())
+            self.state.update(prediction["sem_seg"].argmax(0), truth["sem_seg"], where=where)
 
-    def compute(self, strategy: Any = None) -> dict[str, float]:
-        """Gather every rank's state, then the flat metric dict (primary metric first)."""
-        merged = self.accumulator.all_gather()
+    def compute(self, strategy: Any = None) -> dict:
+        """Flat metrics (m2f_trainer.evaluation.report) over every rank's images."""
+        from m2f_trainer.evaluation.distributed import all_gather_objects
+
+        num_images = sum(all_gather_objects(self.num_images))
         if self.mode == "panoptic":
-            result = merged.compute(self.label_map.to_coco_categories())
-            flat = {"PQ": result["All"]["pq"], "SQ": result["All"]["sq"], "RQ": result["All"]["rq"]}
-            for group in ("Things", "Stuff"):
-                for key in ("pq", "sq", "rq"):
-                    flat[f"{key.upper()}_{group.lower()}"] = result[group][key]
-            flat["num_images"] = float(merged.num_images)
-            self.last_result = result
-            return flat
-        result = merged.compute()
-        self.last_result = result
-        return {k: float(v) for k, v in result.items() if isinstance(v, (int, float))}
+            merged = self.state.all_gather()
+            return report.panoptic_metrics(merged.compute(self.categories), self.categories, num_images)
+        if self.mode == "instance":
+            from m2f_trainer.evaluation.instance import evaluate_instances
 
-    def primary(self, metrics: dict[str, float]) -> tuple[str, float]:
-        name = PRIMARY[self.mode]
-        return name, float(metrics[name])
+            results = [entry for part in all_gather_objects(self.state) for entry in part]
+            return report.instance_metrics(evaluate_instances(self._instance_ground_truth(), results),
+                                           self.categories, num_images)
+        merged = self.state.all_gather()
+        class_ids = [self.predict.raw_id(c) or -(c + 1) for c in range(self.num_classes)]
+        metrics = report.semantic_metrics(merged.compute(class_ids), self.categories, num_images)
+        metrics["per_class"] = {k: v for k, v in metrics["per_class"].items() if int(k) > 0}
+        return metrics
+
+    def _instance_ground_truth(self):
+        if self._instance_gt is None:
+            gt = self.ground_truth
+            if gt.instance_json is not None:
+                self._instance_gt = str(gt.instance_json)
+            else:
+                from m2f_trainer.evaluation.instance import instances_from_panoptic
+
+                self._instance_gt = instances_from_panoptic(str(gt.panoptic_json), str(gt.panoptic_dir))
+        return self._instance_gt
+
+    def primary(self, metrics: dict) -> tuple[str, float | None]:
+        return report.headline({**metrics, "mode": self.mode})
+
+
+def scalar_metrics(metrics: dict) -> dict[str, float]:
+    """The numeric top-level entries (what metrics.jsonl and the progress log show)."""
+    return {k: float(v) for k, v in metrics.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}

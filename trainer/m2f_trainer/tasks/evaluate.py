@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import logging
 import sys
 from pathlib import Path
@@ -28,9 +27,9 @@ def main(argv: list[str]) -> int:
             if is_termination(exc):
                 return EXIT_TERMINATED
             raise
-    from m2f_trainer.evaluation.report import format_report
+    from m2f_trainer.evaluation.report import format_table
 
-    print(format_report(metrics, cfg.model.mode))
+    print(format_table(metrics))
     return 0
 
 
@@ -68,32 +67,44 @@ def run_model_on_split(cfg: Any, runner, dataset, evaluator=None, on_predictions
 
 
 def evaluate(cfg: Any) -> dict:
+    """Flat metrics (m2f_trainer.evaluation.report) written to <results_dir>/evaluate/metrics.json."""
+    from m2f_trainer.data.build import ground_truth
+    from m2f_trainer.engine.validation import ModelEvaluator
+
     out_dir = task_results_dir(cfg, "evaluate")
     out_dir.mkdir(parents=True, exist_ok=True)
+    mode = str(cfg.model.mode).lower()
+    truth = ground_truth(cfg, "val")
     if cfg.evaluate.predictions:
-        from m2f_trainer.evaluation import evaluate_prediction_dir
+        from m2f_trainer.evaluation.predictions import evaluate_prediction_dir
 
-        metrics = evaluate_prediction_dir(cfg, Path(cfg.evaluate.predictions))
+        gt_json = truth.panoptic_json or truth.instance_json or truth.annot_file
+        gt_folder = truth.panoptic_dir
+        log.info("scoring the %s predictions in %s against %s", mode, cfg.evaluate.predictions, gt_json)
+        metrics = evaluate_prediction_dir(mode, Path(cfg.evaluate.predictions), gt_json=gt_json,
+                                          gt_folder=gt_folder, categories=truth.label_map.to_coco_categories())
     else:
-        from m2f_trainer.data.build import build_dataset
         from m2f_trainer.engine.runner import build_runner
-        from m2f_trainer.engine.validation import ModelEvaluator
 
         runner, model_config = build_runner(cfg, "evaluate")
         check_num_classes(cfg, model_config, "evaluate.checkpoint")
-        dataset = build_dataset(cfg, "val")
-        evaluator = ModelEvaluator(cfg, dataset)
-        log.info("evaluating %d images of dataset.val (%s mode)", len(dataset), evaluator.mode)
-        run_model_on_split(cfg, runner, dataset, evaluator)
-        metrics = {"mode": evaluator.mode, "metrics": evaluator.compute(), "details": evaluator.last_result}
-    from m2f_trainer.evaluation.formats import write_json_atomic
-
-    write_json_atomic(out_dir / METRICS_FILE, json.loads(json.dumps(metrics, default=_jsonable)))
+        evaluator = ModelEvaluator(cfg, truth)
+        log.info("evaluating %d images of dataset.val (%s mode)", len(truth.dataset), mode)
+        run_model_on_split(cfg, runner, truth.dataset, evaluator)
+        metrics = evaluator.compute()
+    write_metrics(out_dir / METRICS_FILE, metrics)
     log.info("metrics written to %s", out_dir / METRICS_FILE)
     return metrics
 
 
-def _jsonable(value):
-    if hasattr(value, "tolist"):
-        return value.tolist()
-    return str(value)
+def write_metrics(path: Path, metrics: dict) -> None:
+    from m2f_trainer.evaluation.formats import write_json_atomic
+
+    def safe(value):  # NaN (nothing to average) is written as null, as report.write_metrics does
+        if isinstance(value, float) and value != value:
+            return None
+        if isinstance(value, dict):
+            return {str(k): safe(v) for k, v in value.items()}
+        return value
+
+    write_json_atomic(path, safe(dict(metrics)))

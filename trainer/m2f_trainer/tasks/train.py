@@ -67,6 +67,19 @@ def build_trainer(cfg: Any, plan, callbacks: list, train_dir: Path, has_val: boo
     )
 
 
+def _start_exporter(port: int):
+    """Rank 0's Prometheus endpoint; a busy port costs the metrics, never the training run."""
+    if not port:
+        return None
+    from m2f_trainer.engine.prometheus import TrainingExporter
+
+    try:
+        return TrainingExporter(port)
+    except OSError as exc:
+        log.error("Prometheus endpoint disabled: cannot listen on port %d (%s)", port, exc)
+        return None
+
+
 def train(cfg: Any) -> int:
     import lightning as L
 
@@ -75,13 +88,14 @@ def train(cfg: Any) -> int:
     from m2f_trainer.engine.distributed import resolve_launch_plan
     from m2f_trainer.engine.module import Mask2FormerModule, WeightsDigest
     from m2f_trainer.engine.progress import ProgressCallback, StatusReporter
-    from m2f_trainer.engine.prometheus import TrainingExporter, metrics_port
+    from m2f_trainer.engine.prometheus import metrics_port
     from m2f_trainer.engine.signals import DeferSigtermToTrainer
     from m2f_trainer.engine.validation import ModelEvaluator
     from m2f_trainer.model import build_criterion, build_model
 
     train_cfg = cfg.train
     plan = resolve_launch_plan(train_cfg)
+    port = metrics_port(train_cfg)
     train_dir = task_results_dir(cfg, "train")
     train_dir.mkdir(parents=True, exist_ok=True)
     if int(train_cfg.seed) >= 0:
@@ -95,15 +109,11 @@ def train(cfg: Any) -> int:
 
     datamodule = M2FDataModule(cfg)
     # Validation needs labels; an unlabelled or absent val split just skips it.
-    evaluator = ModelEvaluator(cfg, datamodule.dataset("val")) if datamodule.labelled("val") else None
+    evaluator = ModelEvaluator(cfg, datamodule.eval_ground_truth("val")) if datamodule.labelled("val") else None
     module = Mask2FormerModule(model, criterion, cfg, evaluator)
 
-    rank_zero = _is_global_rank_zero(plan)
-    port = metrics_port(train_cfg)
-    exporter = TrainingExporter(port) if rank_zero and port else None
-    status = StatusReporter.from_env() if rank_zero else None
     progress = ProgressCallback(train_dir, train_cfg.num_epochs, cfg.dataset.train.batch_size,
-                                plain_logs=not sys.stderr.isatty(), exporter=exporter, status=status)
+                                plain_logs=not sys.stderr.isatty())
     module.progress = progress
     callbacks = [EpochCheckpoint(train_dir, train_cfg.checkpoint_interval, train_cfg.num_epochs), progress,
                  DeferSigtermToTrainer(), WeightsDigest()]
@@ -113,11 +123,16 @@ def train(cfg: Any) -> int:
         return 0
     if resume is not None:
         log.info("resuming from %s", resume)
+    if _is_global_rank_zero(plan):
+        progress.exporter = _start_exporter(port)
+        progress.status = StatusReporter.from_env()
     try:
         trainer.fit(module, datamodule=datamodule, ckpt_path=str(resume) if resume else None)
     finally:
-        if exporter is not None:
-            exporter.close()
+        if progress.exporter is not None:
+            progress.exporter.close()
+        if progress.status is not None:
+            progress.status.close()
     if trainer.state.status.value != "finished":
         log.error("training stopped before the last epoch (status %s)", trainer.state.status.value)
         return 1

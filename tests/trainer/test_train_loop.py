@@ -1,0 +1,230 @@
+"""`m2f train` end to end on a tiny synthetic dataset: checkpoints, resume, pretrained weights, exit codes,
+then `m2f evaluate` and `m2f inference` on the trained checkpoint."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from m2f_trainer.cli import main
+from m2f_trainer.data.synth import synthesize
+
+REPO = Path(__file__).resolve().parents[2]
+LATEST = "mask2former_model_latest.pth"
+
+
+def read_jsonl(path: Path) -> list[dict]:
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def m2f_process(args: list[str], log: Path, **env) -> subprocess.Popen:
+    environment = {**os.environ, "OMP_NUM_THREADS": "1", "M2F_METRICS_PORT": "0", **env}
+    for name in ("MASTER_ADDR", "MASTER_PORT", "NODE_RANK", "WORLD_SIZE", "NUM_GPU_PER_NODE", "LOCAL_RANK",
+                 "M2F_STATUS_TARGET"):
+        if name not in env:
+            environment.pop(name, None)
+    handle = open(log, "w")
+    return subprocess.Popen([sys.executable, "-m", "m2f_trainer.cli", *args], cwd=REPO, env=environment,
+                            stdout=handle, stderr=subprocess.STDOUT)
+
+
+def wait_for(predicate, timeout: float, proc: subprocess.Popen | None = None, what: str = "") -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return
+        if proc is not None and proc.poll() is not None:
+            raise AssertionError(f"process exited with {proc.returncode} before {what}")
+        time.sleep(0.05)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+@pytest.fixture(scope="module")
+def synth_spec(tmp_path_factory) -> Path:
+    return synthesize("coco_panoptic", tmp_path_factory.mktemp("synth"), num_images=4, size=64)
+
+
+@pytest.fixture(scope="module")
+def trained(synth_spec, tmp_path_factory) -> Path:
+    """One in-process training run shared by the tests that need a checkpoint."""
+    results = tmp_path_factory.mktemp("trained")
+    rc = main(["train", "-e", str(synth_spec), f"results_dir={results}", "train.num_epochs=2",
+               "train.metrics_port=0", "train.checkpoint_interval=1"])
+    assert rc == 0
+    return results
+
+
+def test_training_writes_checkpoints_and_metrics(trained):
+    train_dir = trained / "train"
+    assert sorted(p.name for p in train_dir.glob("*.pth")) == [LATEST, "model_epoch_000.pth",
+                                                                "model_epoch_001.pth"]
+    checkpoint = torch.load(train_dir / LATEST, map_location="cpu", weights_only=False)
+    epoch_1 = torch.load(train_dir / "model_epoch_001.pth", map_location="cpu", weights_only=False)
+    assert checkpoint["epoch"] == 1 and checkpoint["global_step"] == 4  # 4 images, batch 2, 2 epochs
+    assert checkpoint["optimizer_states"] and checkpoint["lr_schedulers"] and "loops" in checkpoint
+    # The model's own key layout (docs/model.md) plus its model_config: loadable by the model package.
+    from m2f_trainer.model import build_model_from_config, load_model_checkpoint
+
+    model, payload = load_model_checkpoint(train_dir / LATEST)
+    assert set(checkpoint["state_dict"]) == set(build_model_from_config(payload["model_config"]).state_dict())
+    assert all(torch.equal(checkpoint["state_dict"][k], epoch_1["state_dict"][k]) for k in epoch_1["state_dict"])
+
+    records = read_jsonl(train_dir / "metrics.jsonl")
+    steps = [r for r in records if r["event"] == "step"]
+    assert [r["step"] for r in steps] == [1, 2, 3, 4] and [r["epoch"] for r in steps] == [0, 0, 1, 1]
+    assert all(r["loss"] > 0 and r["lr"] > 0 and r["images_per_s"] > 0 and "train/loss_ce" in r for r in steps)
+    assert all(abs(sum(v for k, v in r.items() if k.startswith("train/loss_")) - r["loss"]) < 1e-3 * r["loss"]
+               for r in steps)
+    validations = [r for r in records if r["event"] == "validation"]
+    assert [r["epoch"] for r in validations] == [0, 1]
+    assert all(0.0 <= r["val/PQ"] <= 1.0 and r["val/num_images"] == 4 for r in validations)
+    assert records[-1]["event"] == "end"
+
+
+def test_restart_of_a_finished_run_is_a_no_op_and_explicit_resume_wins(trained, synth_spec, tmp_path):
+    train_dir = trained / "train"
+    before = (train_dir / LATEST).stat().st_mtime_ns
+    assert main(["train", "-e", str(synth_spec), f"results_dir={trained}", "train.num_epochs=2",
+                 "train.metrics_port=0"]) == 0
+    assert (train_dir / LATEST).stat().st_mtime_ns == before  # nothing retrained
+
+    # resume_training_checkpoint_path wins over the latest in the results dir: resumes after epoch 0
+    other = tmp_path / "other"
+    (other / "train").mkdir(parents=True)
+    (other / "train" / LATEST).write_bytes((train_dir / LATEST).read_bytes())  # would say "finished"
+    assert main(["train", "-e", str(synth_spec), f"results_dir={other}", "train.num_epochs=2",
+                 "train.metrics_port=0",
+                 f"train.resume_training_checkpoint_path={train_dir / 'model_epoch_000.pth'}"]) == 0
+    records = read_jsonl(other / "train" / "metrics.jsonl")
+    assert records[0]["event"] == "start" and records[0]["epoch"] == 1 and records[0]["step"] == 2
+    assert [r["epoch"] for r in records if r["event"] == "step"] == [1, 1]
+
+
+def test_pretrained_weights_load_without_training_state(trained, synth_spec, tmp_path, caplog):
+    caplog.set_level("INFO")
+    fresh = tmp_path / "fresh"
+    assert main(["train", "-e", str(synth_spec), f"results_dir={fresh}", "train.num_epochs=1",
+                 "train.metrics_port=0", "train.optim.lr=1e-12", "train.optim.backbone_multiplier=1.0",
+                 f"train.pretrained_model_path={trained / 'train' / LATEST}"]) == 0
+    records = read_jsonl(fresh / "train" / "metrics.jsonl")
+    assert records[0]["epoch"] == 0 and records[0]["step"] == 0  # weights only: epoch/step start at 0
+    assert "train.pretrained_model_path: loaded" in caplog.text
+    before = torch.load(trained / "train" / LATEST, map_location="cpu", weights_only=False)["state_dict"]
+    after = torch.load(fresh / "train" / LATEST, map_location="cpu", weights_only=False)["state_dict"]
+    # lr ~0: the weights stay those of the pretrained file (BatchNorm running statistics do move)
+    weights = [k for k in before if k.endswith("weight") and "bn" not in k and "norm" not in k]
+    assert weights and all(torch.allclose(before[k], after[k], atol=1e-6) for k in weights)
+
+
+def test_spec_and_environment_errors_exit_2_with_one_line(synth_spec, tmp_path, capsys, monkeypatch):
+    assert main(["train", "-e", str(synth_spec), f"results_dir={tmp_path}", "train.precision=fp16"]) == 2
+    assert "error: train.precision=fp16 needs a GPU" in capsys.readouterr().err
+    monkeypatch.setenv("NUM_GPU_PER_NODE", "2")
+    assert main(["train", "-e", str(synth_spec), f"results_dir={tmp_path}"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: NUM_GPU_PER_NODE=2 disagrees with train.num_gpus=1") and "Traceback" not in err
+    monkeypatch.delenv("NUM_GPU_PER_NODE")
+    assert main(["train", "-e", str(synth_spec), f"results_dir={tmp_path}",
+                 f"train.resume_training_checkpoint_path={tmp_path / 'missing.pth'}"]) == 2
+    assert "train.resume_training_checkpoint_path: file not found" in capsys.readouterr().err
+    assert main(["train", "-e", str(synth_spec), f"results_dir={tmp_path}", "train.is_dry_run=true"]) == 0
+    assert not (tmp_path / "train" / "metrics.jsonl").exists()
+
+
+def test_evaluate_and_inference_agree_with_scoring_the_written_predictions(trained, synth_spec, tmp_path):
+    checkpoint = trained / "train" / LATEST
+    results = tmp_path / "results"
+    common = ["-e", str(synth_spec), f"results_dir={results}", "model.object_mask_threshold=0.05"]
+    assert main(["evaluate", *common, f"evaluate.checkpoint={checkpoint}"]) == 0
+    from_model = json.loads((results / "evaluate" / "metrics.json").read_text())
+    assert from_model["mode"] == "panoptic" and from_model["num_images"] == 4 and from_model["N"] == 5
+
+    # Inference over the labelled split writes prediction files that `evaluate.predictions` scores.
+    assert main(["inference", *common, f"inference.checkpoint={checkpoint}",
+                 "dataset.test.panoptic_json=annotations/panoptic.json", "dataset.test.panoptic_dir=panoptic"]) == 0
+    inference_dir = results / "inference"
+    stems = sorted(p.stem for p in (inference_dir / "overlays").glob("*.png"))
+    assert stems == ["000001", "000002", "000003", "000004"]
+    assert sorted(p.stem for p in (inference_dir / "panoptic").glob("*.png")) == stems
+    predictions = json.loads((inference_dir / "panoptic" / "predictions.json").read_text())
+    assert len(predictions["annotations"]) == 4
+
+    rescored = tmp_path / "rescored"
+    assert main(["evaluate", "-e", str(synth_spec), f"results_dir={rescored}",
+                 f"evaluate.predictions={inference_dir}"]) == 0
+    from_files = json.loads((rescored / "evaluate" / "metrics.json").read_text())
+    for key in ("PQ", "SQ", "RQ", "PQ_th", "PQ_st", "N"):
+        assert from_files[key] == pytest.approx(from_model[key], abs=1e-12), key
+
+
+def test_inference_on_an_image_folder(trained, synth_spec, tmp_path):
+    from PIL import Image
+
+    checkpoint = trained / "train" / LATEST
+    out = tmp_path / "out"
+    assert main(["inference", "-e", str(synth_spec), f"results_dir={out}", f"inference.checkpoint={checkpoint}",
+                 "model.object_mask_threshold=0.0", "model.overlap_threshold=0.0"]) == 0
+    overlay = Image.open(out / "inference" / "overlays" / "000001.png")
+    source = Image.open(synth_spec.parent / "images" / "000001.jpg")
+    assert overlay.size == source.size
+    import numpy as np
+
+    assert np.abs(np.asarray(overlay, dtype=np.int16) - np.asarray(source, dtype=np.int16)).max() > 20
+    assert main(["inference", "-e", str(synth_spec), f"results_dir={out}"]) == 2  # no model given
+
+
+@pytest.mark.slow
+def test_sigkill_after_first_checkpoint_then_restart_resumes_at_next_epoch(tmp_path):
+    spec = synthesize("coco_panoptic", tmp_path / "data", num_images=8, size=64)
+    results = tmp_path / "results"
+    args = ["train", "-e", str(spec), f"results_dir={results}", "train.num_epochs=5",
+            "dataset.val.panoptic_json=null", "dataset.val.img_dir=null"]
+    proc = m2f_process(args, tmp_path / "first.log")
+    first = results / "train" / "model_epoch_000.pth"
+    try:
+        wait_for(first.exists, 240, proc, "the first checkpoint")
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(timeout=30)
+    finally:
+        proc.kill()
+    assert proc.returncode == -signal.SIGKILL
+    saved_epoch = torch.load(results / "train" / LATEST, map_location="cpu", weights_only=False)["epoch"]
+    assert saved_epoch < 4, "the run finished before it could be killed"
+
+    second = m2f_process(args, tmp_path / "second.log")
+    assert second.wait(timeout=300) == 0, (tmp_path / "second.log").read_text()[-3000:]
+    records = read_jsonl(results / "train" / "metrics.jsonl")
+    starts = [i for i, r in enumerate(records) if r["event"] == "start"]
+    assert len(starts) == 2
+    resumed = records[starts[1]:]
+    assert resumed[0]["epoch"] == saved_epoch + 1 and resumed[0]["step"] == 4 * (saved_epoch + 1)
+    resumed_epochs = sorted({r["epoch"] for r in resumed if r["event"] == "step"})
+    assert resumed_epochs == list(range(saved_epoch + 1, 5))
+    assert (results / "train" / "model_epoch_004.pth").exists()
+
+
+@pytest.mark.slow
+def test_sigterm_saves_a_checkpoint_and_exits_143(tmp_path):
+    spec = synthesize("coco_panoptic", tmp_path / "data", num_images=8, size=64)
+    results = tmp_path / "results"
+    proc = m2f_process(["train", "-e", str(spec), f"results_dir={results}", "train.num_epochs=50",
+                        "train.checkpoint_interval=100"], tmp_path / "train.log")
+    jsonl = results / "train" / "metrics.jsonl"
+    try:
+        wait_for(lambda: jsonl.exists() and '"event": "step"' in jsonl.read_text(), 240, proc, "the first step")
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=120) == 143, (tmp_path / "train.log").read_text()[-3000:]
+    finally:
+        proc.kill()
+    checkpoint = torch.load(results / "train" / LATEST, map_location="cpu", weights_only=False)
+    assert checkpoint["global_step"] >= 1 and checkpoint["optimizer_states"]
+    assert not list((results / "train").glob("model_epoch_*.pth"))  # interval 100: only the SIGTERM save
+    assert "SIGTERM: saved checkpoint" in (tmp_path / "train.log").read_text()
