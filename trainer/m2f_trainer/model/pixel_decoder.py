@@ -86,9 +86,11 @@ class DeformableEncoderLayer(nn.Module):
 def _reference_points(spatial_shapes: tuple[tuple[int, int], ...], device) -> torch.Tensor:
     points = []
     for height, width in spatial_shapes:
+        # arange + 0.5 (= linspace(0.5, n - 0.5, n) exactly): the TorchScript ONNX exporter computes
+        # linspace in float64, which would make the GridSample grid float64 (no onnxruntime kernel).
         ref_y, ref_x = torch.meshgrid(
-            torch.linspace(0.5, height - 0.5, height, dtype=torch.float32, device=device) / height,
-            torch.linspace(0.5, width - 0.5, width, dtype=torch.float32, device=device) / width,
+            (torch.arange(height, dtype=torch.float32, device=device) + 0.5) / height,
+            (torch.arange(width, dtype=torch.float32, device=device) + 0.5) / width,
             indexing="ij",
         )
         points.append(torch.stack((ref_x.reshape(-1), ref_y.reshape(-1)), -1))
