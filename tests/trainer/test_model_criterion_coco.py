@@ -11,6 +11,7 @@ import torch
 import yaml
 from m2f_trainer.config import load_spec
 from m2f_trainer.data import build_dataset, collate
+from m2f_trainer.model import build_model
 from m2f_trainer.model.criterion import build_criterion
 from m2f_trainer.model.postprocess import postprocess
 
@@ -115,3 +116,20 @@ def test_panoptic_postprocess_reproduces_real_ground_truth(coco_batch):
                 assert torch.equal(covered, truth[same_class].any(0))
             else:
                 assert any(torch.equal(covered, truth[i]) for i in same_class)
+
+
+def test_real_model_outputs_train_on_real_targets(coco_batch, repo_root):
+    """The model's output contract feeds the criterion: every prediction set is supervised and backpropagates."""
+    _, _, images, targets, _ = coco_batch
+    cfg = load_spec(repo_root / "examples" / "specs" / "tiny_cpu_panoptic.yaml",
+                    ["model.sem_seg_head.num_classes=133", "model.mask_former.dec_layers=3"])
+    torch.manual_seed(0)
+    model = build_model(cfg).train()
+    outputs = model(images)
+    losses = build_criterion(cfg)(outputs, targets)
+    assert set(losses) == {f"{name}{suffix}" for name in ("loss_ce", "loss_mask", "loss_dice")
+                           for suffix in ("", "_0", "_1")}
+    assert all(torch.isfinite(value) and value > 0 for value in losses.values())
+    sum(losses.values()).backward()
+    without_grad = [name for name, p in model.named_parameters() if p.requires_grad and p.grad is None]
+    assert without_grad == []
