@@ -8,14 +8,13 @@ import json
 
 import numpy as np
 import pytest
+from m2f_trainer.errors import DataError
+from m2f_trainer.evaluation.formats import encode_instances, read_instance_results, write_instance_results
+from m2f_trainer.evaluation.instance import InstanceResults, evaluate_instances, instances_from_panoptic
+from m2f_trainer.evaluation.predictions import evaluate_prediction_dir
 from pycocotools import mask as mask_utils
 from pycocotools.coco import COCO
 from pycocotools.cocoeval import COCOeval
-
-from m2f_trainer.errors import DataError
-from m2f_trainer.evaluation.formats import encode_instances, read_instance_results, write_instance_results
-from m2f_trainer.evaluation.instance import evaluate_instances, instances_from_panoptic
-from m2f_trainer.evaluation.predictions import evaluate_prediction_dir
 
 # pycocotools' decode trips numpy 2's __array__ copy deprecation; not ours to fix.
 pytestmark = pytest.mark.filterwarnings("ignore:__array__ implementation:DeprecationWarning")
@@ -115,3 +114,21 @@ def test_errors_name_the_result(tmp_path, coco_instances):
         evaluate_instances(coco_instances, tmp_path / "bad.json")
     with pytest.raises(DataError, match=r"instance/instances\.json: instance results JSON not found"):
         evaluate_prediction_dir("instance", tmp_path, gt_json=tmp_path / "bad.json")
+
+
+def test_instance_results_accumulator_merges_ranks(coco_instances):
+    by_image: dict = {}
+    for ann in coco_instances["annotations"]:
+        by_image.setdefault(ann["image_id"], []).append(ann)
+    ranks = [InstanceResults(), InstanceResults()]
+    for rank, (image_id, anns) in enumerate(sorted(by_image.items())):
+        masks = np.stack([mask_utils.decode(a["segmentation"]) for a in anns]).astype(bool)
+        ranks[rank % 2].update(image_id, masks, np.linspace(1.0, 0.5, len(anns)),
+                               np.array([a["category_id"] for a in anns]))
+    merged = InstanceResults()
+    for rank in ranks:
+        merged.merge(json.loads(json.dumps(rank.state_dict())))
+    assert len(merged.all_gather().results) == len(coco_instances["annotations"])
+    result, direct = merged.compute(coco_instances), evaluate_instances(coco_instances, merged.results)
+    assert result.pop("per_class") == pytest.approx(direct.pop("per_class"), nan_ok=True)  # NaN: no GT
+    assert result == direct and result["AP"] > 0.9

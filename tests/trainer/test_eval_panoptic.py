@@ -14,7 +14,12 @@ from _panoptic_synth import write_synthetic_panoptic  # noqa: E402
 from _panopticapi_reference import reference_pq_compute  # noqa: E402
 from m2f_trainer.errors import DataError  # noqa: E402
 from m2f_trainer.evaluation.formats import id2rgb, read_panoptic_png, rgb2id, write_panoptic_png  # noqa: E402
-from m2f_trainer.evaluation.panoptic import PQAccumulator, image_pq_stats, pq_compute  # noqa: E402
+from m2f_trainer.evaluation.panoptic import (  # noqa: E402
+    PQAccumulator,
+    image_pq_stats,
+    panoptic_from_masks,
+    pq_compute,
+)
 
 CATEGORIES = [
     {"id": 1, "name": "person", "isthing": 1},
@@ -267,3 +272,34 @@ def test_cli_turns_data_errors_into_one_line(tmp_path, capsys):
         del cli.COMMANDS["eval-probe"], sys.modules[module.__name__]
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("error: ") and "[11]" in err[0]
+
+
+def test_panoptic_from_masks_feeds_the_accumulator(tmp_path, coco_sample_dir):
+    """Dataset-style targets (masks + raw labels + crowd) score exactly like the PNG + JSON ground truth."""
+    dataset = json.loads((coco_sample_dir / "panoptic_val.json").read_text())
+    accumulator = PQAccumulator()
+    for ann in dataset["annotations"]:
+        ids = read_panoptic_png(coco_sample_dir / "panoptic" / ann["file_name"])
+        masks = np.stack([ids == seg["id"] for seg in ann["segments_info"]])
+        gt_ids, gt_segs = panoptic_from_masks(masks, [s["category_id"] for s in ann["segments_info"]],
+                                              [s["iscrowd"] for s in ann["segments_info"]])
+        assert [s["area"] for s in gt_segs] == [s["area"] for s in ann["segments_info"]]
+        pred = np.roll(ids, 3, axis=1)
+        pred_segs = [{"id": s["id"], "category_id": s["category_id"]} for s in ann["segments_info"]
+                     if (pred == s["id"]).any()]
+        accumulator.update(gt_ids, gt_segs, pred, pred_segs)
+        write_panoptic_png(tmp_path / ann["file_name"], pred)
+        ann["pred_segs"] = pred_segs
+    (tmp_path / "pred.json").write_text(json.dumps({"annotations": [
+        {"image_id": a["image_id"], "file_name": a["file_name"], "segments_info": a["pred_segs"]}
+        for a in dataset["annotations"]]}))
+    expected = pq_compute(coco_sample_dir / "panoptic_val.json", tmp_path / "pred.json",
+                          coco_sample_dir / "panoptic", tmp_path)
+    result = accumulator.compute(dataset["categories"])
+    # Renumbered ids change the order in which IoUs are summed: equal up to the last bit.
+    for group in ("All", "Things", "Stuff"):
+        assert result[group] == pytest.approx(expected[group], rel=1e-12)
+    for category_id, values in expected["per_class"].items():
+        assert result["per_class"][category_id] == pytest.approx(values, rel=1e-12)
+    with pytest.raises(ValueError, match="N category ids"):
+        panoptic_from_masks(np.zeros((2, 4, 4), bool), [1])

@@ -12,7 +12,12 @@ from pathlib import Path
 import numpy as np
 
 from m2f_trainer.errors import DataError
-from m2f_trainer.evaluation.formats import read_instance_results, read_json, read_panoptic_png
+from m2f_trainer.evaluation.formats import (
+    encode_instances,
+    read_instance_results,
+    read_json,
+    read_panoptic_png,
+)
 
 # The first six COCOeval.stats, in order.
 AP_KEYS = ("AP", "AP50", "AP75", "APs", "APm", "APl")
@@ -89,6 +94,36 @@ def evaluate_instances(gt_json, results) -> dict:
         per_class[int(category_id)] = float(np.mean(values)) if values.size else float("nan")
     metrics["per_class"] = per_class
     return metrics
+
+
+class InstanceResults:
+    """Collects COCO results (RLE) image by image, gathers them across ranks, scores with COCOeval."""
+
+    def __init__(self):
+        self.results: list[dict] = []
+
+    def update(self, image_id, masks, scores, category_ids) -> None:
+        """masks bool [N,H,W] at the image's original size; raw category ids."""
+        as_numpy = [x.detach().cpu().numpy() if hasattr(x, "detach") else np.asarray(x)
+                    for x in (masks, scores, category_ids)]
+        self.results += encode_instances(image_id, *as_numpy)
+
+    def state_dict(self) -> dict:
+        return {"results": list(self.results)}
+
+    def merge(self, state: Mapping) -> None:
+        self.results += list(state["results"])
+
+    def all_gather(self) -> InstanceResults:
+        from m2f_trainer.evaluation.distributed import all_gather_objects
+
+        merged = InstanceResults()
+        for state in all_gather_objects(self.state_dict()):
+            merged.merge(state)
+        return merged
+
+    def compute(self, gt_json) -> dict:
+        return evaluate_instances(gt_json, self.results)
 
 
 def instances_from_panoptic(panoptic_json, panoptic_folder=None) -> dict:

@@ -161,6 +161,26 @@ def image_pq_stats(gt_ids: np.ndarray, gt_segments: Sequence[Mapping], pred_ids:
     )
 
 
+def panoptic_from_masks(masks, category_ids: Sequence[int], is_crowd: Sequence[bool] | None = None):
+    """Non-overlapping bool masks [N,H,W] -> (id map [H,W] int32 with ids 1..N, segments_info).
+
+    For feeding dataset targets (masks + labels, mapped to raw category ids) to PQAccumulator.update.
+    Empty masks are dropped; where masks overlap, the later one wins.
+    """
+    masks = _to_numpy(masks).astype(bool)
+    if masks.ndim != 3 or len(masks) != len(category_ids):
+        raise ValueError(f"need masks [N,H,W] and N category ids, got {masks.shape} and {len(category_ids)}")
+    crowd = [False] * len(masks) if is_crowd is None else [bool(c) for c in _to_numpy(is_crowd).tolist()]
+    ids = np.zeros(masks.shape[1:], dtype=np.int32)
+    for index, mask in enumerate(masks):
+        ids[mask] = index + 1
+    areas = np.bincount(ids.ravel(), minlength=len(masks) + 1)
+    segments = [{"id": index + 1, "category_id": int(category_id), "iscrowd": int(crowd[index]),
+                 "area": int(areas[index + 1])}
+                for index, category_id in enumerate(_to_numpy(category_ids).tolist()) if areas[index + 1] > 0]
+    return ids, segments
+
+
 def _category_table(categories) -> dict[int, Mapping]:
     if isinstance(categories, Mapping):
         return {int(k): v for k, v in categories.items()}
