@@ -193,7 +193,7 @@ def measure(controller: str, resources: int, nodes: int) -> dict:
                         break
                     except OSError:
                         if time.monotonic() > deadline or process.poll() is not None:
-                            raise RuntimeError("operator did not start: " + process.stderr.read().decode()[-2000:])
+                            raise RuntimeError("operator did not start: " + process.stderr.read().decode()[-2000:]) from None
                         time.sleep(0.2)
                 time.sleep(2)  # kopf's watches are established after /metrics is served
 

@@ -18,7 +18,6 @@ import kubernetes
 import yaml
 from kopf.testing import KopfRunner
 from kubernetes.client.rest import ApiException
-
 from m2f_operator.builders import meta
 from m2f_operator.emulator import run_emulator
 

@@ -8,7 +8,6 @@ import jsonschema
 import kubernetes_validate
 import pytest
 import yaml
-
 from m2f_operator import crds
 from m2f_operator.builders import build_configmap, build_gang, build_service, build_stages, meta
 from m2f_operator.validation import spec_error

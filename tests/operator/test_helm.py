@@ -103,6 +103,7 @@ IMAGES = {"operator": ["operator"], "trainer": ["trainer", "export"], "trt-build
 @pytest.mark.parametrize(("image", "extras"), list(IMAGES.items()))
 def test_dockerfiles_install_the_right_extras_as_non_root(repo_root, image, extras):
     import re
+
     import tomllib
 
     text = (repo_root / "images" / image / "Dockerfile").read_text()

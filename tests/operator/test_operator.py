@@ -6,13 +6,14 @@ import json
 import time
 
 import pytest
+from m2f_operator import metrics
+from m2f_operator.builders import meta
 from operator_harness import emulated_cluster, running_operator, wait_for
 from reconcile_factories import TINY_EXPERIMENT
 
-from m2f_operator import metrics
-from m2f_operator.builders import meta
-
 TRAIN = "Mask2FormerTrain"
+# One emulator + operator for the module: keep its tests on one xdist worker (`--dist loadgroup`).
+pytestmark = pytest.mark.xdist_group("m2f-operator-emulator")
 
 
 @pytest.fixture(scope="module")

@@ -2,10 +2,9 @@
 
 from __future__ import annotations
 
+from m2f_operator import metrics
 from operator_harness import emulated_cluster, running_operator
 from reconcile_factories import TINY_EXPERIMENT
-
-from m2f_operator import metrics
 
 TRAIN = "Mask2FormerTrain"
 

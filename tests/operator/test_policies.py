@@ -5,18 +5,17 @@ from __future__ import annotations
 from datetime import timedelta
 
 import pytest
-from reconcile_factories import NOW, gang, iso, pod
-
 from m2f_operator.builders.pods import Stage
 from m2f_operator.policies import (
+    deadline_remaining,
     decide_failure,
     decide_suspend,
-    deadline_remaining,
     pods_to_clean,
     stage_succeeded,
     ttl_remaining,
     views,
 )
+from reconcile_factories import NOW, gang, iso, pod
 
 STAGE = Stage("worker", "train", 2, 1, "img")
 

@@ -7,9 +7,8 @@ import json
 from datetime import timedelta
 
 import pytest
-from reconcile_factories import NOW, gang, iso, pod, resource
-
 from m2f_operator.reconcile import Observed, reconcile
+from reconcile_factories import NOW, gang, iso, pod, resource
 
 
 def applied(body: dict, plan) -> dict:

@@ -2,12 +2,9 @@
 
 from __future__ import annotations
 
-import copy
-
 import yaml
 
 from m2f_operator.builders import meta
-from m2f_operator.builders.pods import processes_per_node
 
 
 def render_experiment(body: dict, results_root: str = meta.DEFAULT_RESULTS_ROOT) -> str:

@@ -85,8 +85,9 @@ def build_resources(spec_resources: dict | None, gpus: int) -> dict:
     return resources
 
 
-def build_pod(body: dict, stage: Stage, index: int, attempt: int, defaults: PodDefaults = PodDefaults()) -> dict:
+def build_pod(body: dict, stage: Stage, index: int, attempt: int, defaults: PodDefaults | None = None) -> dict:
     """Worker `index` of `stage` for the gang's `attempt` (restart count)."""
+    defaults = defaults or PodDefaults()
     spec = body["spec"]
     name = body["metadata"]["name"]
     pod_name = meta.pod_name(name, stage.role, index)
@@ -144,5 +145,5 @@ def build_pod(body: dict, stage: Stage, index: int, attempt: int, defaults: PodD
     return {"apiVersion": "v1", "kind": "Pod", "metadata": metadata, "spec": pod_spec}
 
 
-def build_gang(body: dict, stage: Stage, attempt: int, defaults: PodDefaults = PodDefaults()) -> list[dict]:
+def build_gang(body: dict, stage: Stage, attempt: int, defaults: PodDefaults | None = None) -> list[dict]:
     return [build_pod(body, stage, index, attempt, defaults) for index in range(stage.replicas)]

@@ -21,11 +21,12 @@ def tensorrt_enabled(body: dict) -> bool:
     return bool((body["spec"].get("tensorRT") or {}).get("enabled", False))
 
 
-def build_stages(body: dict, defaults: PodDefaults = PodDefaults(), checkpoint: str | None = None) -> list[Stage]:
+def build_stages(body: dict, defaults: PodDefaults | None = None, checkpoint: str | None = None) -> list[Stage]:
     """Train/Evaluate/Inference: one gang of workers. Export: an ONNX pod, then the TensorRT builder pod.
 
     `checkpoint` is the export source resolved by the caller (spec.checkpoint or the trainRef's artifact).
     """
+    defaults = defaults or PodDefaults()
     spec = body["spec"]
     info = meta.kind_info(body)
     image = spec.get("image") or defaults.image
