@@ -250,6 +250,12 @@ def test_errors_name_the_file_and_id(tmp_path):
     with pytest.raises(DataError, match=r"nowhere: folder with prediction segmentations does not exist"):
         pq_compute(files["gt_json_file"], files["pred_json_file"], files["gt_folder"], tmp_path / "nowhere")
 
+    # The same error raised inside a worker process reaches the caller intact.
+    files = write_case(tmp_path / "f", [(gt, gt_segs, gt.copy(), segs((11, 1), (22, 2)))] * 3
+                       + [(gt, gt_segs, gt.copy(), segs((11, 1)))])
+    with pytest.raises(DataError, match=r"image_id 3 .*\[22\] are in the predicted PNG but not in"):
+        pq_compute(**files, num_workers=2)
+
     with pytest.raises(DataError, match=r"size \(10, 9\) differs from ground truth size \(10, 10\)"):
         image_pq_stats(gt, gt_segs, gt[:, :9], segs((11, 1), (22, 2)))
     with pytest.raises(DataError, match=r"predicted segment id 11 appears twice"):
