@@ -57,6 +57,8 @@ def test_train_children_and_status_driven_by_pods(cluster):
     assert status["artifacts"]["latestCheckpoint"].endswith("/train/mask2former_model_latest.pth")
     reasons = [reason for _, reason in cluster.events(ns, "run")]
     assert {"GangCreated", "AllPodsRunning", "Succeeded"} <= set(reasons)
+    wait_for(lambda: sample("m2f_operator_resources", kind=TRAIN, phase="Succeeded") >= 1, what="phase gauge")
+    assert sample("m2f_operator_reconcile_duration_seconds_count", kind=TRAIN) >= 3
 
 
 def test_gang_restart_then_backoff_limit(cluster):

@@ -221,3 +221,27 @@ def test_export_fails_when_its_train_failed():
     body = resource("Mask2FormerExport", name="exp", trainRef="run")
     plan = run(body, train=resource(status={"phase": "Failed"}))
     assert plan.phase == "Failed" and condition(plan.status_patch, "Failed")["reason"] == "TrainFailed"
+
+
+def test_fixing_an_operator_field_leaves_invalid_spec():
+    body = applied(resource(nodes=0), run(resource(nodes=0)))
+    assert body["status"]["phase"] == "InvalidSpec"
+    body["spec"]["nodes"] = 2
+    body["metadata"]["generation"] = 2
+    plan = run(body)
+    fixed = applied(body, plan)
+    assert plan.phase == "Created" and len([m for m in plan.creates if m["kind"] == "Pod"]) == 2
+    assert condition(fixed, "InvalidSpec")["status"] == "False" and fixed["status"]["observedGeneration"] == 2
+    assert "SpecFixed" in [e.reason for e in plan.events]
+
+
+def test_events_of_a_plan_are_valid_kubernetes_events():
+    import kubernetes_validate
+
+    from m2f_operator.client import build_event
+
+    plan = run(resource(nodes=1))
+    for event in plan.events:
+        manifest = build_event(resource(nodes=1), event, NOW)
+        kubernetes_validate.validate(manifest, "1.30", strict=True)
+        assert manifest["involvedObject"]["kind"] == "Mask2FormerTrain" and manifest["type"] == "Normal"
