@@ -199,7 +199,10 @@ class DatasetConfig:
         None, "Dataset format; null takes the first split's type, else coco_panoptic.",
         choices=("coco_panoptic", "coco", "ade"), aliases={"semantic": "ade"},
     )
-    contiguous_id: bool = spec_field(False, "Category ids in the annotations are already 1..K contiguous.")
+    contiguous_id: bool = spec_field(
+        False, "Remap category ids to contiguous class indices 0..K-1 (sorted by id); false uses the raw "
+        "category id as the class index, so num_classes must exceed the largest id.",
+    )
     label_map: str | None = spec_field(None, "COCO categories JSON (id, name, color, isthing).")
     pixel_mean: list[float] = spec_field(
         [0.485, 0.456, 0.406], "Per-channel mean (0-1 scale).", item_minimum=0, item_maximum=1, length=(3, 3)
