@@ -23,6 +23,8 @@ from types import SimpleNamespace
 import pytest
 import torch
 import torch.nn.functional as F
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from m2f_trainer.model.postprocess import (
     instance_inference,
     panoptic_inference,
@@ -276,3 +278,55 @@ def test_invalid_arguments_are_named(kwargs, message):
                  "image_sizes": [(8, 8)], "orig_sizes": [(8, 8)], "num_classes": 4, **kwargs}
     with pytest.raises(ValueError, match=message):
         postprocess(**arguments)
+
+
+def sequential_panoptic(mask_cls, mask_pred, is_thing, object_mask_threshold, overlap_threshold):
+    """The original's query-by-query loop, kept plain as the reference for the whole-tensor version."""
+    num_classes = mask_cls.shape[-1] - 1
+    scores, labels = mask_cls.softmax(-1).max(-1)
+    keep = (labels != num_classes) & (scores > object_mask_threshold)
+    probs = mask_pred.sigmoid()[keep]
+    panoptic_seg = torch.zeros(mask_pred.shape[-2:], dtype=torch.int32)
+    segments, stuff_ids = [], {}
+    if not keep.any():
+        return panoptic_seg, segments
+    winner = (scores[keep].view(-1, 1, 1) * probs).argmax(0)
+    for k, category in enumerate(labels[keep].tolist()):
+        won = int((winner == k).sum())
+        own = int((probs[k] >= 0.5).sum())
+        painted = (winner == k) & (probs[k] >= 0.5)
+        if won == 0 or own == 0 or int(painted.sum()) == 0 or won / own < overlap_threshold:
+            continue
+        isthing = bool(is_thing[category])
+        if not isthing and category in stuff_ids:
+            panoptic_seg[painted] = stuff_ids[category]
+            continue
+        segment_id = len(segments) + 1
+        if not isthing:
+            stuff_ids[category] = segment_id
+        panoptic_seg[painted] = segment_id
+        segments.append({"id": segment_id, "category_id": category, "isthing": isthing})
+    return panoptic_seg, segments
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    seed=st.integers(0, 2**31 - 1),
+    num_queries=st.integers(1, 8),
+    num_classes=st.integers(1, 4),
+    size=st.tuples(st.integers(1, 10), st.integers(1, 10)),
+    object_mask_threshold=st.sampled_from([0.0, 0.3, 0.5]),
+    overlap_threshold=st.sampled_from([0.0, 0.5, 0.8, 1.0]),
+)
+def test_panoptic_equals_the_sequential_reference(seed, num_queries, num_classes, size, object_mask_threshold,
+                                                  overlap_threshold):
+    generator = torch.Generator().manual_seed(seed)
+    mask_cls = torch.randn(num_queries, num_classes + 1, generator=generator) * 3
+    mask_pred = torch.randn(num_queries, *size, generator=generator) * 3
+    is_thing = torch.rand(num_classes, generator=generator) < 0.5
+    panoptic_seg, segments = panoptic_inference(mask_cls, mask_pred, is_thing, object_mask_threshold,
+                                                overlap_threshold)
+    expected_seg, expected_segments = sequential_panoptic(mask_cls, mask_pred, is_thing, object_mask_threshold,
+                                                          overlap_threshold)
+    assert torch.equal(panoptic_seg, expected_seg)
+    assert [{k: s[k] for k in ("id", "category_id", "isthing")} for s in segments] == expected_segments
