@@ -7,7 +7,6 @@ Ends with: bench: eval_speed images_per_s=... peer_images_per_s=... cores=N rati
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 import tempfile
 import time
@@ -18,7 +17,7 @@ sys.path[:0] = [str(REPO / "trainer"), str(REPO / "tests" / "trainer")]
 
 from _panoptic_synth import write_synthetic_panoptic  # noqa: E402  (shared with the tests)
 from _panopticapi_reference import reference_pq_compute  # noqa: E402  (panopticapi's algorithm)
-from m2f_trainer.evaluation.panoptic import default_num_workers, pq_compute  # noqa: E402
+from m2f_trainer.evaluation.panoptic import available_cores, default_num_workers, pq_compute  # noqa: E402
 
 
 def best_time(fn, repeats: int) -> tuple[float, dict]:
@@ -36,7 +35,7 @@ def main() -> int:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--workers", type=int, default=None, help="worker processes for ours (default: one per core)")
     args = parser.parse_args()
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    cores = available_cores()
     workers = args.workers or default_num_workers(args.images)
 
     with tempfile.TemporaryDirectory(prefix="m2f-eval-bench-") as tmp:

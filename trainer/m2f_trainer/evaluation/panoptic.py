@@ -310,11 +310,23 @@ def _score_image(job) -> ImagePQ:
     return image_pq_stats(gt_ids, gt_ann["segments_info"], pred_ids, pred_ann["segments_info"], category_ids, where)
 
 
-def default_num_workers(num_images: int) -> int:
+def available_cores() -> int:
+    """CPUs this process may use: affinity, capped by a cgroup v2 CPU quota (a pod's CPU limit)."""
     try:
         cores = len(os.sched_getaffinity(0))
     except AttributeError:
         cores = os.cpu_count() or 1
+    try:
+        quota, period = Path("/sys/fs/cgroup/cpu.max").read_text().split()[:2]
+        if quota != "max":
+            cores = min(cores, max(1, int(int(quota) / int(period))))
+    except (OSError, ValueError):
+        pass
+    return cores
+
+
+def default_num_workers(num_images: int) -> int:
+    cores = available_cores()
     # Below a few dozen images starting worker processes costs more than it saves.
     return 1 if num_images < 32 else max(1, min(cores, 16, num_images // 16))
 
