@@ -307,6 +307,7 @@ DISTRIBUTED_WORKER = textwrap.dedent(
 )
 
 
+@pytest.mark.slow  # two fresh interpreters importing torch: seconds alone, much more on a loaded machine
 def test_num_masks_is_averaged_across_ranks(tmp_path):
     store = tmp_path / "store"
     workers = [
