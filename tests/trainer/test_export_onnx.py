@@ -1,0 +1,155 @@
+"""`m2f export`: every mode x static/dynamic batch gives a valid ONNX (TAO's outputs) that onnxruntime runs within
+tolerance of PyTorch; a failed parity gate leaves no ONNX behind; spec errors exit 2."""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+import torch
+
+from m2f_trainer.cli import main
+from m2f_trainer.config import load_spec
+from m2f_trainer.data.synth import synthesize
+from m2f_trainer.export.onnx_runner import OnnxRunner
+from m2f_trainer.export.wrappers import OUTPUT_NAMES, ExportWrapper
+from m2f_trainer.model import build_model, load_model_checkpoint, save_model_checkpoint
+
+KIND_OF_MODE = {"panoptic": "coco_panoptic", "instance": "coco", "semantic": "semantic"}
+SIZE = 64
+# The smallest decoder (one masked-attention layer) keeps tracing fast; everything else is synth's tiny spec.
+TINY = ["model.mask_former.dec_layers=2", f"export.input_height={SIZE}", f"export.input_width={SIZE}",
+        "export.on_cpu=true"]
+
+
+def make_case(root: Path, mode: str) -> tuple[Path, Path]:
+    """A synthetic dataset of the mode (2 images, 64x64), its spec and a checkpoint of a seeded tiny model."""
+    spec = synthesize(KIND_OF_MODE[mode], root / mode, num_images=2, size=(SIZE, SIZE))
+    cfg = load_spec(spec, overrides=["model.mask_former.dec_layers=2"])
+    torch.manual_seed(0)
+    model = build_model(cfg)
+    checkpoint = root / f"{mode}.pth"
+    save_model_checkpoint(checkpoint, model.state_dict(), model.model_config)
+    return spec, checkpoint
+
+
+@pytest.fixture(autouse=True)
+def fresh_log_handler():
+    """Tasks attach one stderr log handler per process; drop it so the next test's capsys gets the logs."""
+    yield
+    root = logging.getLogger()
+    for handler in [h for h in root.handlers if getattr(h, "_m2f", False)]:
+        root.removeHandler(handler)
+
+
+@pytest.fixture(scope="module")
+def cases(tmp_path_factory) -> dict[str, tuple[Path, Path]]:
+    root = tmp_path_factory.mktemp("export_cases")
+    return {mode: make_case(root, mode) for mode in OUTPUT_NAMES}
+
+
+def _torch_outputs(checkpoint: Path, mode: str, images: np.ndarray) -> dict[str, np.ndarray]:
+    model, _ = load_model_checkpoint(checkpoint)
+    wrapper = ExportWrapper(model.eval(), mode, (SIZE, SIZE))
+    with torch.no_grad():
+        return {k: v.numpy() for k, v in zip(wrapper.output_names, wrapper(torch.from_numpy(images)), strict=True)}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("batch_size", [-1, 2])
+@pytest.mark.parametrize("mode", list(OUTPUT_NAMES))
+def test_export_each_mode_and_batch_setting(cases, tmp_path, monkeypatch, capsys, mode, batch_size):
+    spec, checkpoint = cases[mode]
+    # Like the operator's export pod: only -e, overrides and M2F_RESULTS_DIR; the ONNX lands in <results>/export.
+    monkeypatch.setenv("M2F_RESULTS_DIR", str(tmp_path / "results"))
+    code = main(["export", "-e", str(spec), f"export.checkpoint={checkpoint}", f"export.batch_size={batch_size}",
+                 *TINY])
+    out = capsys.readouterr().out
+    assert code == 0, out
+    onnx_file = tmp_path / "results" / "export" / f"{checkpoint.stem}.onnx"
+    assert f"ONNX file written to {onnx_file}" in out
+
+    model = onnx.load(str(onnx_file))
+    onnx.checker.check_model(model, full_check=True)
+    assert [o.version for o in model.opset_import if o.domain in ("", "ai.onnx")] == [17]
+    assert "GridSample" in {n.op_type for n in model.graph.node}  # deformable attention, no custom op
+    (graph_input,) = model.graph.input
+    dims = [d.dim_param or d.dim_value for d in graph_input.type.tensor_type.shape.dim]
+    assert graph_input.name == "inputs"
+    assert dims == ["batch" if batch_size == -1 else batch_size, 3, SIZE, SIZE]
+    assert [o.name for o in model.graph.output] == list(OUTPUT_NAMES[mode])
+
+    parity = json.loads(onnx_file.with_name(onnx_file.name + ".parity.json").read_text())
+    assert parity["passed"] is True and parity["tolerance"] == 1e-3
+    assert set(parity["outputs"]) == set(OUTPUT_NAMES[mode])
+    assert all(o["max_abs_diff"] <= 1e-3 and o["mismatches"] == 0 for o in parity["outputs"].values())
+    for name in OUTPUT_NAMES[mode]:  # the printed table names every output
+        assert any(line.strip().startswith(name) and line.endswith(" ok") for line in out.splitlines())
+
+    # onnxruntime on fresh inputs (for the dynamic graph a batch it was not traced with) against PyTorch.
+    runner = OnnxRunner(onnx_file)
+    batch = 3 if batch_size == -1 else batch_size
+    images = np.random.default_rng(1).standard_normal((batch, 3, SIZE, SIZE)).astype(np.float32)
+    ours, theirs = runner(images), _torch_outputs(checkpoint, mode, images)
+    assert list(ours) == list(OUTPUT_NAMES[mode])
+    for name, expected in theirs.items():
+        assert ours[name].shape == expected.shape and ours[name].dtype == expected.dtype, name
+        if name == "pred_classes" or (mode == "instance" and name == "pred_masks"):
+            assert (ours[name] != expected).mean() < 0.01, name  # discrete: identical but for rare ties
+        else:
+            np.testing.assert_allclose(ours[name], expected, atol=1e-3, err_msg=name)
+    if mode != "semantic":
+        assert ours["pred_classes"].dtype == np.int64
+        assert ((0 <= ours["pred_classes"]) & (ours["pred_classes"] < 5)).all()
+    if mode == "panoptic":
+        np.testing.assert_allclose(ours["prob_masks"], ours["pred_scores"][..., None, None] * ours["pred_masks"],
+                                   atol=1e-6)
+
+
+def test_failed_parity_gate_exits_1_and_leaves_no_onnx(cases, tmp_path, capsys):
+    spec, checkpoint = cases["semantic"]
+    onnx_file = tmp_path / "out" / "model.onnx"
+    code = main(["export", "-e", str(spec), f"export.checkpoint={checkpoint}", f"export.onnx_file={onnx_file}",
+                 "export.batch_size=1", "export.parity_tolerance=1e-12", *TINY])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 1
+    # Log lines may precede it; the failure itself is one line, last, without a traceback.
+    assert [line for line in err if line.startswith("error:")] == err[-1:]
+    assert not any("Traceback" in line for line in err)
+    assert err[-1].startswith("error: onnxruntime disagrees with PyTorch beyond export.parity_tolerance=1e-12 "
+                              "(pred_masks max_abs_diff=")
+    assert not onnx_file.exists()
+    parity_file = onnx_file.with_name("model.onnx.parity.json")
+    assert str(parity_file) in err[-1]
+    assert json.loads(parity_file.read_text())["passed"] is False
+    assert sorted(p.name for p in onnx_file.parent.iterdir()) == ["model.onnx.parity.json"]  # no temp files
+
+
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        (["export.opset_version=15"], "error: export.opset_version: 15 is outside 16..20"),
+        (["export.input_height=100"], "error: export.input_height / export.input_width: 100x64 must be multiples of 32"),
+        (["export.checkpoint=/nonexistent/model.pth"], "error: export.checkpoint: checkpoint not found: /nonexistent/model.pth"),
+    ],
+)
+def test_spec_errors_exit_2_with_the_field(cases, tmp_path, capsys, overrides, message):
+    spec, checkpoint = cases["panoptic"]
+    code = main(["export", "-e", str(spec), f"export.checkpoint={checkpoint}",
+                 f"export.onnx_file={tmp_path / 'm.onnx'}", *TINY, *overrides])
+    assert code == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith(message)
+    assert not (tmp_path / "m.onnx").exists()
+
+
+def test_checkpoint_of_another_class_count_is_rejected(cases, tmp_path, capsys):
+    spec, checkpoint = cases["panoptic"]
+    code = main(["export", "-e", str(spec), f"export.checkpoint={checkpoint}", "model.sem_seg_head.num_classes=7",
+                 f"export.onnx_file={tmp_path / 'm.onnx'}", *TINY])
+    assert code == 2
+    assert "export.checkpoint was trained with num_classes=5" in capsys.readouterr().err
