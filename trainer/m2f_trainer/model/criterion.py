@@ -1,4 +1,4 @@
-"""Mask2Former set criterion: Hungarian matching, then weighted CE + point-sampled sigmoid BCE + dice, per prediction set."""
+"""Mask2Former set criterion: Hungarian matching, then weighted CE + point-sampled sigmoid BCE + dice."""
 
 from __future__ import annotations
 
@@ -17,13 +17,17 @@ from m2f_trainer.model.point_sampling import (
 LOSS_NAMES = ("loss_ce", "loss_mask", "loss_dice")
 
 
-def sigmoid_ce_loss(point_logits: torch.Tensor, point_labels: torch.Tensor, num_masks: torch.Tensor) -> torch.Tensor:
+def sigmoid_ce_loss(
+    point_logits: torch.Tensor, point_labels: torch.Tensor, num_masks: torch.Tensor
+) -> torch.Tensor:
     """Sigmoid BCE averaged over the points of each mask, summed over masks, divided by ``num_masks``."""
     loss = F.binary_cross_entropy_with_logits(point_logits, point_labels, reduction="none")
     return loss.mean(1).sum() / num_masks
 
 
-def dice_loss(point_logits: torch.Tensor, point_labels: torch.Tensor, num_masks: torch.Tensor) -> torch.Tensor:
+def dice_loss(
+    point_logits: torch.Tensor, point_labels: torch.Tensor, num_masks: torch.Tensor
+) -> torch.Tensor:
     """Dice loss (+1 smoothing) of each mask, summed over masks, divided by ``num_masks``."""
     probs = point_logits.sigmoid().flatten(1)
     numerator = 2 * (probs * point_labels).sum(-1)
@@ -82,13 +86,17 @@ class SetCriterion(nn.Module):
         class_weights[-1] = no_object_weight
         self.register_buffer("empty_weight", class_weights)
 
-    def loss_labels(self, pred_logits: torch.Tensor, targets: list[dict], indices: MatchIndices) -> torch.Tensor:
-        """Cross-entropy over all queries; unmatched queries target the no-object class (weight ``no_object_weight``)."""
+    def loss_labels(
+        self, pred_logits: torch.Tensor, targets: list[dict], indices: MatchIndices
+    ) -> torch.Tensor:
+        """Cross-entropy over all queries; unmatched ones target no-object (weight ``no_object_weight``)."""
         pred_logits = pred_logits.float()
         target_classes = torch.full(
             pred_logits.shape[:2], self.num_classes, dtype=torch.int64, device=pred_logits.device
         )
-        matched_classes = torch.cat([t["labels"][tgt].to(pred_logits.device) for t, (_, tgt) in zip(targets, indices, strict=True)])
+        matched_classes = torch.cat(
+            [t["labels"].to(pred_logits.device)[tgt] for t, (_, tgt) in zip(targets, indices, strict=True)]
+        )
         target_classes[_prediction_index(indices)] = matched_classes
         return F.cross_entropy(pred_logits.transpose(1, 2), target_classes, self.empty_weight)
 
@@ -109,7 +117,9 @@ class SetCriterion(nn.Module):
             point_labels = point_sample(matched_target, point_coords, align_corners=False).squeeze(1)
         point_logits = point_sample(matched_pred, point_coords, align_corners=False).squeeze(1).float()
         point_labels = point_labels.float()
-        return sigmoid_ce_loss(point_logits, point_labels, num_masks), dice_loss(point_logits, point_labels, num_masks)
+        return sigmoid_ce_loss(point_logits, point_labels, num_masks), dice_loss(
+            point_logits, point_labels, num_masks
+        )
 
     @staticmethod
     def _matched_target_masks(targets: list[dict], indices: MatchIndices, like: torch.Tensor) -> torch.Tensor:
@@ -120,7 +130,9 @@ class SetCriterion(nn.Module):
         matched = []
         for target, (_, tgt) in zip(targets, indices, strict=True):
             masks = target["masks"][tgt.to(target["masks"].device)].to(device=like.device, dtype=like.dtype)
-            matched.append(F.pad(masks, (0, width - masks.shape[-1], 0, height - masks.shape[-2])))
+            if masks.shape[-2:] != (height, width):
+                masks = F.pad(masks, (0, width - masks.shape[-1], 0, height - masks.shape[-2]))
+            matched.append(masks)
         return torch.cat(matched)[:, None]
 
     def prediction_set_losses(
@@ -158,7 +170,7 @@ class SetCriterion(nn.Module):
 
 
 def build_criterion(cfg) -> SetCriterion:
-    """``SetCriterion`` from ``cfg.model.mask_former`` (weights, points, no-object weight) and the class count."""
+    """``SetCriterion`` from ``cfg.model.mask_former`` (weights, points, no-object) and the class count."""
     mask_former = cfg.model.mask_former
     num_classes = cfg.model.sem_seg_head.num_classes
     matcher = HungarianMatcher(

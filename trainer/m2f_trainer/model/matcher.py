@@ -1,4 +1,4 @@
-"""Hungarian matching of predicted masks to ground-truth segments (class, sigmoid-BCE and dice costs on sampled points)."""
+"""Hungarian matching of predicted masks to ground-truth segments (class, BCE and dice costs on points)."""
 
 from __future__ import annotations
 
@@ -14,16 +14,20 @@ MatchIndices = list[tuple[torch.Tensor, torch.Tensor]]
 
 
 def pairwise_sigmoid_ce_cost(pred_logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-    """Mean sigmoid BCE of every prediction ``[...,Q,P]`` against every target ``[...,N,P]`` -> ``[...,Q,N]``."""
+    """Mean sigmoid BCE of every prediction ``[...,Q,P]`` vs every target ``[...,N,P]`` -> ``[...,Q,N]``."""
     num_points = pred_logits.shape[-1]
-    cost_if_positive = F.binary_cross_entropy_with_logits(pred_logits, torch.ones_like(pred_logits), reduction="none")
-    cost_if_negative = F.binary_cross_entropy_with_logits(pred_logits, torch.zeros_like(pred_logits), reduction="none")
+    cost_if_positive = F.binary_cross_entropy_with_logits(
+        pred_logits, torch.ones_like(pred_logits), reduction="none"
+    )
+    cost_if_negative = F.binary_cross_entropy_with_logits(
+        pred_logits, torch.zeros_like(pred_logits), reduction="none"
+    )
     cost = cost_if_positive @ target.transpose(-1, -2) + cost_if_negative @ (1 - target).transpose(-1, -2)
     return cost / num_points
 
 
 def pairwise_dice_cost(pred_logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-    """Dice loss (+1 smoothing) of every prediction ``[...,Q,P]`` against every target ``[...,N,P]`` -> ``[...,Q,N]``."""
+    """Dice loss (+1 smoothing) of every prediction ``[...,Q,P]`` vs every target ``[...,N,P]``."""
     probs = pred_logits.sigmoid()
     numerator = 2 * (probs @ target.transpose(-1, -2))
     denominator = probs.sum(-1)[..., :, None] + target.sum(-1)[..., None, :]
@@ -44,7 +48,9 @@ def sample_target_points(targets: list[dict], point_coords: torch.Tensor) -> tor
         masks = target["masks"].to(device=point_coords.device, dtype=torch.float32)
         if masks.shape[-2:] != (height, width):
             masks = F.pad(masks, (0, width - masks.shape[-1], 0, height - masks.shape[-2]))
-        sampled.append(point_sample(masks[None], point_coords[image_index : image_index + 1], align_corners=False)[0])
+        sampled.append(
+            point_sample(masks[None], point_coords[image_index : image_index + 1], align_corners=False)[0]
+        )
     return pad_sequence(sampled, batch_first=True)
 
 
@@ -71,7 +77,10 @@ class HungarianMatcher(nn.Module):
     @torch.no_grad()
     def cost_matrices(self, outputs: dict, targets: list[dict]) -> list[torch.Tensor]:
         """Per image the ``[Q, N_i]`` matching cost in fp32 (on the predictions' device)."""
-        return [cost[:, : len(t["labels"])] for cost, t in zip(self._padded_costs(outputs, targets), targets, strict=True)]
+        return [
+            cost[:, : len(t["labels"])]
+            for cost, t in zip(self._padded_costs(outputs, targets), targets, strict=True)
+        ]
 
     def _padded_costs(self, outputs: dict, targets: list[dict]) -> torch.Tensor:
         """``[B, Q, N_max]`` costs of the whole batch, targets zero-padded to the largest count."""
@@ -87,14 +96,16 @@ class HungarianMatcher(nn.Module):
             pred_points = point_sample(pred_masks.float(), point_coords, align_corners=False)  # [B,Q,P]
             target_points = sample_target_points(targets, point_coords)  # [B,N_max,P]
             class_probs = pred_logits.float().softmax(-1)  # [B,Q,K+1]
-            cost_class = -class_probs.gather(2, target_labels[:, None, :].expand(-1, class_probs.shape[1], -1))
+            cost_class = -class_probs.gather(
+                2, target_labels[:, None, :].expand(-1, class_probs.shape[1], -1)
+            )
             cost_mask = pairwise_sigmoid_ce_cost(pred_points, target_points)
             cost_dice = pairwise_dice_cost(pred_points, target_points)
             return self.cost_mask * cost_mask + self.cost_class * cost_class + self.cost_dice * cost_dice
 
     @torch.no_grad()
     def forward(self, outputs: dict, targets: list[dict]) -> MatchIndices:
-        """``outputs``: ``pred_logits [B,Q,K+1]``, ``pred_masks [B,Q,h,w]``; ``targets``: ``labels [N]``, ``masks [N,H,W]``.
+        """``outputs``: ``pred_logits [B,Q,K+1]``, ``pred_masks [B,Q,h,w]``; targets: ``labels``, ``masks [N,H,W]``.
 
         Returns per image ``(pred_indices, target_indices)`` int64 CPU tensors of length ``min(Q, N)``,
         sorted by ``pred_indices``.
@@ -113,7 +124,10 @@ class HungarianMatcher(nn.Module):
         for cost, target in zip(costs, targets, strict=True):
             pred_indices, target_indices = linear_sum_assignment(cost[:, : len(target["labels"])].numpy())
             indices.append(
-                (torch.as_tensor(pred_indices, dtype=torch.int64), torch.as_tensor(target_indices, dtype=torch.int64))
+                (
+                    torch.as_tensor(pred_indices, dtype=torch.int64),
+                    torch.as_tensor(target_indices, dtype=torch.int64),
+                )
             )
         return indices
 

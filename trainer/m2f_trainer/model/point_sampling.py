@@ -35,7 +35,7 @@ def uncertain_point_coords_with_randomness(
     oversample_ratio: float,
     importance_sample_ratio: float,
 ) -> torch.Tensor:
-    """Point coordinates ``[R,num_points,2]`` in ``[0,1]^2`` biased towards uncertain regions of ``coarse_logits [R,1,H,W]``.
+    """Points ``[R,num_points,2]`` in ``[0,1]^2`` biased towards uncertain regions of ``coarse_logits [R,1,H,W]``.
 
     ``num_points * oversample_ratio`` candidates are drawn uniformly; the ``importance_sample_ratio`` most
     uncertain of them are kept and the rest is filled with fresh uniform points. The two ``torch.rand``

@@ -1,4 +1,4 @@
-"""Turn Mask2Former query outputs into semantic maps, panoptic segments and scored instances (as the original)."""
+"""Mask2Former query outputs -> semantic maps, panoptic segments and scored instances (as the original)."""
 
 from __future__ import annotations
 
@@ -13,13 +13,13 @@ MODES = ("semantic", "instance", "panoptic")
 def resize_to_original(
     maps: torch.Tensor, image_size: Sequence[int], orig_size: Sequence[int]
 ) -> torch.Tensor:
-    """Crop ``maps [C,Hp,Wp]`` at the padded input size to ``image_size`` and resize bilinearly to ``orig_size``."""
+    """Crop ``maps [C,Hp,Wp]`` (padded input size) to ``image_size``, resize bilinearly to ``orig_size``."""
     cropped = maps[:, : image_size[0], : image_size[1]]
     return F.interpolate(cropped[None], size=tuple(orig_size), mode="bilinear", align_corners=False)[0]
 
 
 def semantic_inference(mask_cls: torch.Tensor, mask_pred: torch.Tensor) -> torch.Tensor:
-    """Per-class scores ``[K,H,W]``: class probabilities (no-object dropped) times mask probabilities, summed over queries."""
+    """Per-class scores ``[K,H,W]``: class probability (no-object dropped) x mask probability, summed over queries."""
     class_probs = F.softmax(mask_cls, dim=-1)[..., :-1]
     return torch.einsum("qc,qhw->chw", class_probs, mask_pred.sigmoid())
 
@@ -42,8 +42,9 @@ def panoptic_inference(
     num_classes = mask_cls.shape[-1] - 1
     scores, labels = F.softmax(mask_cls, dim=-1).max(-1)
     keep = labels.ne(num_classes) & (scores > object_mask_threshold)
-    return panoptic_from_probabilities(scores[keep], labels[keep], mask_pred.sigmoid()[keep], is_thing,
-                                       overlap_threshold)
+    return panoptic_from_probabilities(
+        scores[keep], labels[keep], mask_pred.sigmoid()[keep], is_thing, overlap_threshold
+    )
 
 
 def panoptic_from_probabilities(
@@ -124,7 +125,9 @@ def instance_inference(
 
 def _thing_mask(thing_classes, num_classes: int, device: torch.device) -> torch.Tensor:
     if thing_classes is None:
-        raise ValueError("postprocess: panoptic mode needs thing_classes (a set of class indices or a bool mask [K])")
+        raise ValueError(
+            "postprocess: panoptic mode needs thing_classes (a set of class indices or a bool mask [K])"
+        )
     if isinstance(thing_classes, (set, frozenset)):
         out_of_range = sorted(c for c in thing_classes if not 0 <= c < num_classes)
         if out_of_range:
@@ -134,7 +137,9 @@ def _thing_mask(thing_classes, num_classes: int, device: torch.device) -> torch.
         return mask.to(device)
     mask = torch.as_tensor(thing_classes, dtype=torch.bool, device=device)
     if mask.shape != (num_classes,):
-        raise ValueError(f"postprocess: thing_classes mask has shape {tuple(mask.shape)}, expected ({num_classes},)")
+        raise ValueError(
+            f"postprocess: thing_classes mask has shape {tuple(mask.shape)}, expected ({num_classes},)"
+        )
     return mask
 
 
@@ -142,7 +147,9 @@ def _parse_modes(mode: str | Iterable[str]) -> set[str]:
     modes = {mode} if isinstance(mode, str) else set(mode)
     unknown = sorted(modes - set(MODES))
     if not modes or unknown:
-        raise ValueError(f"postprocess: unknown mode(s) {unknown or '(none)'}; choose from {', '.join(MODES)}")
+        raise ValueError(
+            f"postprocess: unknown mode(s) {unknown or '(none)'}; choose from {', '.join(MODES)}"
+        )
     return modes
 
 
@@ -185,15 +192,21 @@ def postprocess(
     resize_masks_first = modes != {"semantic"}
 
     results = []
-    for mask_cls, mask_pred, image_size, orig_size in zip(mask_cls_batch, mask_pred_batch, image_sizes, orig_sizes, strict=True):
+    for mask_cls, mask_pred, image_size, orig_size in zip(
+        mask_cls_batch, mask_pred_batch, image_sizes, orig_sizes, strict=True
+    ):
         # Upsampling one image at a time keeps peak memory at one [Q,Hp,Wp] map (same numbers as batched).
-        mask_pred = F.interpolate(mask_pred[None], size=tuple(padded_size), mode="bilinear", align_corners=False)[0]
+        mask_pred = F.interpolate(
+            mask_pred[None], size=tuple(padded_size), mode="bilinear", align_corners=False
+        )[0]
         if resize_masks_first:
             mask_pred = resize_to_original(mask_pred, image_size, orig_size)
         result = {}
         if "semantic" in modes:
             sem_seg = semantic_inference(mask_cls, mask_pred)
-            result["sem_seg"] = sem_seg if resize_masks_first else resize_to_original(sem_seg, image_size, orig_size)
+            result["sem_seg"] = (
+                sem_seg if resize_masks_first else resize_to_original(sem_seg, image_size, orig_size)
+            )
         if "panoptic" in modes:
             result["panoptic_seg"] = panoptic_inference(
                 mask_cls, mask_pred, is_thing, object_mask_threshold, overlap_threshold
