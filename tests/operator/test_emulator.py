@@ -270,3 +270,21 @@ def test_events_leases_rbac_and_namespace_deletion(k8s_client, core):
     core.delete_namespace("team")
     assert _error(lambda: core.read_namespace("team")).status == 404
     assert rbac.list_namespaced_role("team").items == []
+
+
+@pytest.mark.asyncio
+async def test_kmock_dsl_reactions_inject_faults_over_the_store(k8s_emulator_async):
+    import aiohttp
+    import kmock
+
+    api = k8s_emulator_async
+    url = f"{api.base_url}/api/v1/namespaces/default/configmaps"
+    api["list", kmock.resource("v1/configmaps")][:1] << 503  # one failed list, then the store again
+    async with aiohttp.ClientSession() as session:
+        async with session.post(url, json={"metadata": {"name": "a"}}) as created:
+            assert created.status == 201
+        async with session.get(url) as failing:
+            assert failing.status == 503
+        async with session.get(url) as listed:
+            assert [item["metadata"]["name"] for item in (await listed.json())["items"]] == ["a"]
+    assert len(list(api["post"])) == 1  # kmock's request log stays available for assertions

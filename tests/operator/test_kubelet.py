@@ -243,3 +243,24 @@ def test_path_map_rewrites_longest_prefix_in_args_and_files(tmp_path):
     text = "results_dir: /results/a\ndata: [\"/etc/m2f/x\", /other/results]\n"
     assert paths.text(text) == f"results_dir: {tmp_path}/r/a\ndata: [\"{tmp_path}/etc/x\", /other/results]\n"
     assert os.path.isabs(paths.path("/etc/m2f"))
+
+
+def test_kubectl_logs_follow_and_wide_listing(cluster, tmp_path):
+    import shutil
+    import subprocess
+    import sys
+
+    core, kubelet, data_dir = cluster
+    kubectl = shutil.which("kubectl", path=str(Path(sys.executable).parent)) or shutil.which("kubectl")
+    if kubectl is None:
+        pytest.skip("kubectl is not installed")
+    kubeconfig = str(kubelet.kubelet.kubeconfig)
+    script = "import time\nfor i in range(3):\n    print('line', i)\n    time.sleep(0.5)\n"
+    core.create_namespaced_pod("default", _pod("chatty", script))
+    _wait(core, "chatty", lambda p: p and p.status.phase == "Running")
+    followed = subprocess.run([kubectl, "--kubeconfig", kubeconfig, "logs", "-f", "chatty"], capture_output=True,
+                              text=True, timeout=30)
+    assert followed.stdout == "line 0\nline 1\nline 2\n"  # returned once the pod finished, nothing lost
+    wide = subprocess.run([kubectl, "--kubeconfig", kubeconfig, "get", "pod", "chatty", "-o", "wide", "--no-headers"],
+                          capture_output=True, text=True, timeout=30).stdout.split()
+    assert wide[2] == "Completed" and wide[5] == "127.0.0.1" and wide[6] in NODES

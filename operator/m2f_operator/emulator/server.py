@@ -355,7 +355,32 @@ class Emulator(kmock.KubernetesScaffold):
         text = path.read_bytes()
         if params.get("tailLines"):
             text = b"".join(text.splitlines(keepends=True)[-int(params["tailLines"]):])
-        return rendering.Response(status=200, payload=text, headers={"Content-Type": "text/plain"})
+        if params.get("follow") not in ("true", "1"):
+            return rendering.Response(status=200, payload=text, headers={"Content-Type": "text/plain"})
+        return rendering.Response(status=200, payload=self._follow_log(rtype, namespace, name, path, text),
+                                  headers={"Content-Type": "text/plain"})
+
+    async def _follow_log(self, rtype: ResourceType, namespace: str | None, name: str, path: Path,
+                          head: bytes) -> AsyncIterator[bytes]:
+        """`kubectl logs -f`: the file so far, then what is appended until the pod finishes or goes."""
+        yield head or b""
+        with open(path, "rb") as log:
+            log.seek(0, os.SEEK_END)
+            while True:
+                chunk = log.read()
+                if chunk:
+                    yield chunk
+                    continue
+                try:
+                    phase = (self.store.get(rtype, namespace, name).get("status") or {}).get("phase")
+                except ApiError:
+                    return
+                if phase in ("Succeeded", "Failed"):
+                    rest = log.read()
+                    if rest:
+                        yield rest
+                    return
+                await asyncio.sleep(0.3)
 
     def _watch(self, request: rendering.Request, rtype: ResourceType, namespace: str | None,
                field_selector: str) -> rendering.Response:

@@ -89,7 +89,9 @@ def _columns(rtype: ResourceType) -> list[dict]:
     age = {"name": "Age", "type": "string", "format": "", "description": "Age", "priority": 0}
     if rtype.group == "" and rtype.plural == "pods":
         return [name, *({"name": n, "type": t, "format": "", "description": n, "priority": 0}
-                         for n, t in (("Ready", "string"), ("Status", "string"), ("Restarts", "integer"))), age]
+                         for n, t in (("Ready", "string"), ("Status", "string"), ("Restarts", "integer"))), age,
+                *({"name": n, "type": "string", "format": "", "description": n, "priority": 1}
+                  for n in ("IP", "Node"))]
     if rtype.group == "" and rtype.plural == "events":
         return [{"name": n, "type": "string", "format": "", "description": n, "priority": 0}
                 for n in ("Last Seen", "Type", "Reason", "Object", "Message")] + [dict(name, priority=1)]
@@ -108,7 +110,8 @@ def _cells(rtype: ResourceType, obj: dict) -> list:
     name = obj["metadata"]["name"]
     age = human_age(obj["metadata"].get("creationTimestamp"))
     if rtype.group == "" and rtype.plural == "pods":
-        return [name, *_pod_cells(obj), age]
+        return [name, *_pod_cells(obj), age, (obj.get("status") or {}).get("podIP") or "<none>",
+                (obj.get("spec") or {}).get("nodeName") or "<none>"]
     if rtype.group == "" and rtype.plural == "events":
         involved = obj.get("involvedObject") or {}
         last = obj.get("lastTimestamp") or obj.get("eventTime") or obj["metadata"].get("creationTimestamp")
