@@ -62,7 +62,7 @@ def _segments_by_id(segments: Iterable[Mapping], where: str, side: str) -> dict[
 
 
 def _dense_index(ids: np.ndarray, sorted_ids: np.ndarray) -> np.ndarray:
-    """Map segment ids to 0 (VOID), 1..n (rank in sorted_ids) or n+1 (an id not listed)."""
+    """Map segment ids to 0 (VOID), 1..n (rank in sorted_ids) or, for an id not listed, a value > n."""
     n = len(sorted_ids)
     in_id_space = ids.dtype.kind in "ui" and (ids.size == 0 or (ids.min() >= 0 and ids.max() < _ID_SPACE))
     if in_id_space and n + 1 < _UNSET:
@@ -76,14 +76,28 @@ def _dense_index(ids: np.ndarray, sorted_ids: np.ndarray) -> np.ndarray:
             dense = np.take(lut, ids)  # np.take is about twice as fast as lut[ids] here
         finally:
             lut[sorted_ids] = _UNSET
-        np.minimum(dense, n + 1, out=dense)
-        return dense
+        return dense  # unlisted ids stay _UNSET: _joint_histogram folds them only when present
     flat = ids.astype(np.int64, copy=False)
     position = np.searchsorted(sorted_ids, flat).clip(0, max(n - 1, 0))
     found = (sorted_ids[position] == flat) if n else np.zeros(flat.shape, bool)
     dense = np.where(found, position + 1, n + 1)
     dense[flat == VOID] = 0
     return dense
+
+
+def _joint_histogram(gt_dense: np.ndarray, pred_dense: np.ndarray, num_gt: int, num_pred: int) -> np.ndarray:
+    """Pixel counts [num_gt + 2, num_pred + 2] of (gt index, pred index); index n+1 = any unlisted id."""
+    width, size = num_pred + 2, (num_gt + 2) * (num_pred + 2)
+    combined = np.multiply(gt_dense, width, dtype=np.intp)
+    combined += pred_dense
+    counts = np.bincount(combined.ravel(), minlength=size)
+    # Unlisted ids (above n) land beyond `size` unless the table is large enough for aliasing:
+    # only then (rare) fold them into the n+1 row / column and count again.
+    if counts.size > size or size >= _UNSET:
+        combined = np.multiply(np.minimum(gt_dense, num_gt + 1), width, dtype=np.intp)
+        combined += np.minimum(pred_dense, num_pred + 1)
+        counts = np.bincount(combined.ravel(), minlength=size)
+    return counts.reshape(num_gt + 2, num_pred + 2)
 
 
 def image_pq_stats(gt_ids: np.ndarray, gt_segments: Sequence[Mapping], pred_ids: np.ndarray,
@@ -103,16 +117,13 @@ def image_pq_stats(gt_ids: np.ndarray, gt_segments: Sequence[Mapping], pred_ids:
     pred_sorted = np.array(sorted(pred_by_id), dtype=np.int64)
     num_gt, num_pred = len(gt_sorted), len(pred_sorted)
 
-    gt_dense = _dense_index(gt_ids, gt_sorted).astype(np.int32)
     pred_dense = _dense_index(pred_ids, pred_sorted)
-    gt_dense *= num_pred + 2
-    gt_dense += pred_dense
     # Rows: VOID, gt segments (sorted by id), ids not in the JSON. Columns: the same for predictions.
-    joint = np.bincount(gt_dense.ravel(), minlength=(num_gt + 2) * (num_pred + 2)).reshape(num_gt + 2, num_pred + 2)
+    joint = _joint_histogram(_dense_index(gt_ids, gt_sorted), pred_dense, num_gt, num_pred)
 
     pred_area_all = joint.sum(axis=0)
     if pred_area_all[-1]:
-        stray = np.unique(pred_ids[pred_dense == num_pred + 1])
+        stray = np.unique(pred_ids[pred_dense > num_pred])
         raise DataError(f"{where}: segment ids {stray[:10].tolist()} are in the predicted PNG but not in its "
                         "segments_info")
     pred_area = pred_area_all[1:-1]
