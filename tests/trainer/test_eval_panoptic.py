@@ -309,3 +309,22 @@ def test_panoptic_from_masks_feeds_the_accumulator(tmp_path, coco_sample_dir):
         assert result["per_class"][category_id] == pytest.approx(values, rel=1e-12)
     with pytest.raises(ValueError, match="N category ids"):
         panoptic_from_masks(np.zeros((2, 4, 4), bool), [1])
+
+
+def test_unlisted_gt_ids_and_many_segments_match_panopticapi(tmp_path):
+    """GT pixels whose id is not in segments_info count as neither VOID nor a segment (panopticapi);
+    hundreds of segments take the folding path of the joint histogram."""
+    gt = columns((11, 0, 4), (99, 4, 7), (22, 7, 10))  # 99 is not listed in the JSON
+    pred = columns((5, 0, 5), (6, 5, 10))
+    score(tmp_path / "unlisted", gt, segs((11, 1), (22, 2), ids=gt), pred, segs((5, 1), (6, 2)))
+
+    rng = np.random.default_rng(7)
+    gt = (np.arange(40 * 40).reshape(40, 40) // 4 + 1).astype(np.uint32)  # 400 segments of 4 px
+    pred = gt.copy()
+    pred[rng.random(gt.shape) < 0.3] = 0
+    gt_segs = [{"id": int(i), "category_id": int(rng.choice([1, 2, 3])), "iscrowd": int(rng.random() < 0.05),
+                "area": 4} for i in np.unique(gt)]
+    gt_segs = [s for s in gt_segs if s["id"] != 77]  # and one unlisted id among them
+    pred_segs = [{"id": int(i), "category_id": int(rng.choice([1, 2]))} for i in np.unique(pred) if i]
+    result = score(tmp_path / "many", gt, gt_segs, pred, pred_segs)
+    assert result["All"]["n"] == 3
