@@ -28,8 +28,9 @@ def cluster(tmp_path):
 
 
 def _pod(name: str, script: str, *, grace: int = 30, env: list | None = None, volumes: list | None = None,
-         mounts: list | None = None, owner_uid: str | None = None, policy: str = "File") -> dict:
-    metadata: dict = {"name": name}
+         mounts: list | None = None, owner_uid: str | None = None, policy: str = "File",
+         labels: dict | None = None) -> dict:
+    metadata: dict = {"name": name, "labels": labels or {}}
     if owner_uid:
         metadata["ownerReferences"] = [{"apiVersion": "v1", "kind": "ConfigMap", "name": "owner", "uid": owner_uid,
                                         "controller": True}]
@@ -213,13 +214,18 @@ def test_ports_are_remapped_per_job(cluster):
     core, _, _ = cluster
     script = "import os; print(os.environ['MASTER_PORT'])"
     env = [{"name": "MASTER_PORT", "value": "29500"}]
-    for name, owner in (("a0", "uid-a"), ("a1", "uid-a"), ("b0", "uid-b")):
-        core.create_namespaced_pod("default", _pod(name, script, env=env, owner_uid=owner))
+    pods = {"a0": ("uid-a", "0", "0"), "a1": ("uid-a", "0", "1"), "a0-retry": ("uid-a", "1", "0"),
+            "b0": ("uid-b", "0", "0")}
+    for name, (owner, attempt, index) in pods.items():
+        labels = {"m2f.io/attempt": attempt, "m2f.io/replica-index": index}
+        core.create_namespaced_pod("default", _pod(name, script, env=env, owner_uid=owner, labels=labels))
     ports = {}
-    for name in ("a0", "a1", "b0"):
+    for name in pods:
         _wait(core, name, lambda p: p and p.status.phase == "Succeeded")
         ports[name] = int(core.read_namespaced_pod_log(name, "default"))
-    assert ports["a0"] == ports["a1"] != ports["b0"] and 29500 not in ports.values()
+    assert ports["a0"] == ports["a1"]  # one gang shares its rendezvous port
+    assert len({ports["a0"], ports["a0-retry"], ports["b0"]}) == 3  # another attempt or job: another port
+    assert 29500 not in ports.values()
 
 
 @pytest.mark.parametrize("value, expected", [

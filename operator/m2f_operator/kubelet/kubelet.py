@@ -16,6 +16,7 @@ import itertools
 import json
 import logging
 import os
+import re
 import signal
 import socket
 import sys
@@ -33,6 +34,9 @@ LOST_NODE_ANNOTATION = "m2f.dev/lost"
 PASSTHROUGH_ENV = ("PATH", "HOME", "USER", "LANG", "LC_ALL", "TZ", "TMPDIR", "PYTHONPATH", "VIRTUAL_ENV",
                    "OMP_NUM_THREADS", "MKL_NUM_THREADS", "M2F_COCO_SAMPLE")
 MERGE_PATCH = {"Content-Type": "application/merge-patch+json"}
+# Labels that differ between the replicas of one gang (mask2former.io/replica-index, job-completion-index,
+# statefulset pod-name): ignored when deciding which pods share a remapped port.
+_PER_REPLICA_LABEL = re.compile(r"(index|pod-name)$")
 
 
 def _now() -> str:
@@ -348,10 +352,14 @@ class Kubelet:
         return runs
 
     def _allocate_port(self, pod: dict, env_name: str, port: int) -> int:
-        """One free local port per (job, variable, port): the whole gang shares MASTER_PORT's remap."""
+        """One free local port per (job, label set, variable, port): the workers of one gang (same owner,
+        same labels but their index) share MASTER_PORT's remap; a restarted gang (another attempt label)
+        gets a fresh port, so it never races its terminating predecessor for the old one."""
         owners = pod["metadata"].get("ownerReferences") or []
         owner = next((ref["uid"] for ref in owners if ref.get("controller")), None) or pod["metadata"]["name"]
-        key = (pod["metadata"]["namespace"], owner, env_name, port)
+        labels = frozenset((k, v) for k, v in (pod["metadata"].get("labels") or {}).items()
+                           if not _PER_REPLICA_LABEL.search(k))
+        key = (pod["metadata"]["namespace"], owner, labels, env_name, port)
         if key not in self._ports:
             with socket.socket() as probe:
                 probe.bind(("127.0.0.1", 0))
