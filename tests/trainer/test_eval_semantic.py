@@ -6,7 +6,6 @@ import json
 
 import numpy as np
 import pytest
-
 from m2f_trainer.errors import DataError, UserError
 from m2f_trainer.evaluation.formats import read_panoptic_png, read_semantic_png, write_semantic_png
 from m2f_trainer.evaluation.predictions import evaluate_prediction_dir
@@ -88,11 +87,17 @@ def test_prediction_dir_with_label_pngs(tmp_path):
     assert metrics["mIoU"] == pytest.approx(0.45)
     assert metrics["per_class"]["20"] == {"name": "car", "IoU": 0.5, "ACC": pytest.approx(2 / 3)}
 
-    # The same through a JSONL of {img_path, seg_path}.
-    (tmp_path / "val.jsonl").write_text(json.dumps({"img_path": "images/a.jpg", "seg_path": "gt/a.png"}) + "\n")
+    # The same through a JSONL of {img_path, mask_path}.
+    (tmp_path / "val.jsonl").write_text(json.dumps({"img_path": "images/a.jpg", "mask_path": "gt/a.png"}) + "\n")
     again = evaluate_prediction_dir("semantic", tmp_path / "pred", gt_json=tmp_path / "val.jsonl",
                                     categories=[10, 20, 300])
     assert again["mIoU"] == metrics["mIoU"]
+
+    # 0 is "unlabelled" in the ground truth when it is not a category id (ADE20k), like 255.
+    write_semantic_png(tmp_path / "gt" / "a.png", np.where(GT == 255, 0, to_raw(GT)))
+    zero_ignored = evaluate_prediction_dir("semantic", tmp_path / "pred", gt_folder=tmp_path / "gt",
+                                           categories=[10, 20, 300])
+    assert zero_ignored["mIoU"] == metrics["mIoU"]
 
     write_semantic_png(tmp_path / "pred" / "semantic" / "a.png", np.full(GT.shape, 7))
     with pytest.raises(DataError, match=r"semantic/a\.png: predicted label id 7 is not a category id"):

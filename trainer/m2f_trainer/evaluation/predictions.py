@@ -15,6 +15,10 @@ from m2f_trainer.evaluation.panoptic import pq_compute
 from m2f_trainer.evaluation.semantic import SemanticConfusion
 
 MODES = ("panoptic", "instance", "semantic")
+# As m2f_trainer.data.semantic (not imported: it needs torch): the JSONL key pairs it accepts, and
+# ground-truth value 0 counts as unlabelled (ignored) unless 0 is a category id (ADE20k's "other").
+JSONL_KEYS = (("img_path", "mask_path"), ("img", "segm"))
+UNLABELLED_ID = 0
 
 
 def _require(path: Path, what: str) -> Path:
@@ -45,8 +49,9 @@ def evaluate_prediction_dir(mode: str, pred_dir, *, gt_json=None, gt_folder=None
     - instance: `gt_json` COCO instances JSON, or a COCO panoptic JSON (+ `gt_folder`) whose thing
       segments become the instances;
     - semantic: `gt_folder` of label PNGs with raw ids matched to predictions by file stem, or
-      `gt_json` a JSONL of {"img_path", "seg_path"} lines (paths relative to the JSONL), or a COCO
-      panoptic JSON (+ `gt_folder`) whose category per pixel is the label (VOID ignored).
+      `gt_json` a JSONL of {"img_path", "mask_path"} lines (paths relative to the JSONL), or a COCO
+      panoptic JSON (+ `gt_folder`) whose category per pixel is the label (VOID ignored). Ground
+      truth `ignore_label` pixels, and 0 unless it is a category id, are ignored.
       `categories` (list of raw ids or {id, name} dicts, in class-index order) is required.
     """
     if mode not in MODES:
@@ -101,11 +106,12 @@ def _semantic_pairs(gt_json, gt_folder) -> Iterator[tuple[str, Path | None, dict
                 continue
             try:
                 entry = json.loads(line)
-                seg_path = entry["seg_path"]
-            except (json.JSONDecodeError, KeyError, TypeError):
-                raise DataError(f"{gt_json}:{number}: expected a JSON object with 'seg_path'") from None
-            stem = Path(entry.get("img_path") or seg_path).stem
-            yield stem, base / seg_path, None
+            except json.JSONDecodeError:
+                entry = None
+            keys = next((k for k in JSONL_KEYS if isinstance(entry, dict) and all(x in entry for x in k)), None)
+            if keys is None:
+                raise DataError(f"{gt_json}:{number}: expected a JSON object with 'img_path' and 'mask_path'")
+            yield Path(entry[keys[0]]).stem, base / entry[keys[1]], None
     elif gt_json is not None:
         dataset = formats.read_json(gt_json)
         if not _is_panoptic(dataset):
@@ -133,6 +139,8 @@ def _semantic(pred_dir: Path, gt_json, gt_folder, categories, ignore_label: int)
     lut = np.full(max(max(class_ids), ignore_label, 255) + 1, -1, dtype=np.int64)
     lut[class_ids] = np.arange(len(class_ids))
     lut[ignore_label] = -2
+    if UNLABELLED_ID not in class_ids:
+        lut[UNLABELLED_ID] = -2
     confusion = SemanticConfusion(len(class_ids), ignore_label=len(class_ids))
     pred_folder = _require(pred_dir / formats.SEMANTIC_DIR, "semantic/ folder")
     count = 0
