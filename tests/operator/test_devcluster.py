@@ -77,6 +77,18 @@ def test_dev_up_status_down_round_trip(tmp_path, capsys):
         assert m2f(["dev", "status", "--data-dir", str(data_dir)]) == 0
         status = capsys.readouterr().out
         assert "dev cluster running" in status and "1 Succeeded" in status
+        operator_pid = json.loads((data_dir / "devcluster.ready.json").read_text())["operator_pid"]
+        assert f"operator: running (pid {operator_pid})" in status
+        os.kill(operator_pid, 9)  # the daemon supervises the operator: a crash is restarted
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            assert m2f(["dev", "status", "--data-dir", str(data_dir)]) == 0
+            status = capsys.readouterr().out
+            if "operator: running (pid" in status and f"(pid {operator_pid})" not in status:
+                break
+            time.sleep(0.5)
+        else:
+            raise AssertionError(f"the operator was not restarted: {status}")
 
         sleeper = dict(pod, metadata={"name": "sleeper"})
         sleeper["spec"] = dict(pod["spec"], containers=[dict(pod["spec"]["containers"][0],
@@ -85,7 +97,7 @@ def test_dev_up_status_down_round_trip(tmp_path, capsys):
         _kubectl(kubeconfig, "apply", "-f", str(tmp_path / "sleeper.yaml"))
         _wait_phase(kubeconfig, "sleeper", "Running")
         sleeper_pid = int(next((data_dir / "pods" / "default").glob("sleeper-*/pid-main")).read_text())
-        operator_pid = json.loads((data_dir / "devcluster.ready.json").read_text())["operator_pid"]
+        operator_pid = int(status.split("operator: running (pid ")[1].split(")")[0])
         assert _alive(sleeper_pid) and _alive(operator_pid)
     finally:
         assert m2f(["dev", "down", "--data-dir", str(data_dir)]) == 0

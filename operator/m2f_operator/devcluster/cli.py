@@ -161,6 +161,9 @@ def status(args: argparse.Namespace, data_dir: Path) -> int:
     info = _ready_info(data_dir)
     url = info.get("url", "")
     print(f"dev cluster running: pid {pid}, API {url}, data dir {data_dir}")
+    operator_pids = [int(p) for p in _child_pids(pid) if _is_operator(int(p))]
+    print(f"  operator: {'running (pid ' + str(operator_pids[0]) + ')' if operator_pids else 'not running'}, "
+          f"log {info.get('operator_log', data_dir / 'operator.log')}")
     with contextlib.suppress(OSError, ValueError):
         nodes = json.load(urllib.request.urlopen(f"{url}/api/v1/nodes", timeout=5))["items"]
         pods = json.load(urllib.request.urlopen(f"{url}/api/v1/pods", timeout=5))["items"]
@@ -177,11 +180,27 @@ def status(args: argparse.Namespace, data_dir: Path) -> int:
     return 0
 
 
+def _child_pids(pid: int) -> list[str]:
+    try:
+        return Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
+    except OSError:
+        return []
+
+
+def _is_operator(pid: int) -> bool:
+    try:
+        argv = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+    except OSError:
+        return False
+    return b"m2f_operator" in argv and _alive(pid)
+
+
 def serve(args: argparse.Namespace, data_dir: Path) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     logging.getLogger("aiohttp.access").setLevel(logging.WARNING)
     nodes = tuple(f"dev-node-{i}" for i in range(args.nodes))
-    config = DevClusterConfig(data_dir=data_dir, port=args.port, nodes=nodes, operator=not args.no_operator)
+    config = DevClusterConfig(data_dir=data_dir, port=args.port, nodes=nodes, operator=not args.no_operator,
+                              supervise_operator=True)
     runtime = DevClusterRuntime(config)
     data_dir.mkdir(parents=True, exist_ok=True)
     (data_dir / PID_FILE).write_text(str(os.getpid()))
@@ -190,7 +209,8 @@ def serve(args: argparse.Namespace, data_dir: Path) -> int:
         assert running.api is not None
         process = running.operator.process
         info = {"url": running.api.base_url, "nodes": list(nodes), "kubeconfig": str(config.kubeconfig),
-                "operator_pid": process.pid if process is not None else None}
+                "operator_pid": process.pid if process is not None else None,
+                "operator_log": str(config.operator_log)}
         tmp = data_dir / (READY_FILE + ".tmp")
         tmp.write_text(json.dumps(info))
         tmp.replace(data_dir / READY_FILE)

@@ -41,6 +41,8 @@ class DevClusterConfig:
     port: int | None = None  # API port; None picks a free one
     nodes: tuple[str, ...] = DEFAULT_NODES
     operator: bool = True
+    # Restart the operator when it exits on its own (the daemon does; tests kill and restart it themselves).
+    supervise_operator: bool = False
     # Extra environment for the operator (e.g. M2F_STUCK_TERMINATING_SECONDS for fault tests).
     operator_env: dict[str, str] = field(default_factory=dict)
 
@@ -138,19 +140,40 @@ class DevClusterRuntime:
             self.kubelet = Kubelet(api.base_url, config.data_dir, config.nodes, kubeconfig=config.kubeconfig,
                                    log_dir=config.log_dir)
             kubelet_task = asyncio.create_task(self.kubelet.run(), name="local kubelet")
+            supervisor = None
             try:
                 if config.operator:
                     await self.operator.start()
+                    if config.supervise_operator:
+                        supervisor = asyncio.create_task(self._supervise_operator(), name="operator supervisor")
                 if on_ready is not None:
                     on_ready(self)
                 await self._stop.wait()
             finally:
+                if supervisor is not None:
+                    supervisor.cancel()
                 await self.operator.stop()
                 self.kubelet.stop()
                 await kubelet_task
 
     def stop(self) -> None:
         self._stop.set()
+
+    async def _supervise_operator(self) -> None:
+        """Restart a crashed operator with backoff (1 s doubling to 30 s; reset after 60 s of uptime)."""
+        backoff = 1.0
+        while True:
+            process = self.operator.process
+            assert process is not None
+            started = asyncio.get_running_loop().time()
+            code = await process.wait()
+            if self._stop.is_set():
+                return
+            backoff = 1.0 if asyncio.get_running_loop().time() - started > 60 else min(backoff * 2, 30.0)
+            logger.warning("the operator exited with %s; restarting in %.0fs (log: %s)", code, backoff,
+                           self.config.operator_log)
+            await asyncio.sleep(backoff)
+            await self.operator.start()
 
 
 class DevCluster:
