@@ -15,6 +15,8 @@ def resize_to_original(
 ) -> torch.Tensor:
     """Crop ``maps [C,Hp,Wp]`` (padded input size) to ``image_size``, resize bilinearly to ``orig_size``."""
     cropped = maps[:, : image_size[0], : image_size[1]]
+    if tuple(cropped.shape[-2:]) == tuple(orig_size):
+        return cropped  # a same-size bilinear resize is the identity: skip a full pass over the maps
     return F.interpolate(cropped[None], size=tuple(orig_size), mode="bilinear", align_corners=False)[0]
 
 
@@ -43,7 +45,7 @@ def panoptic_inference(
     scores, labels = F.softmax(mask_cls, dim=-1).max(-1)
     keep = labels.ne(num_classes) & (scores > object_mask_threshold)
     return panoptic_from_probabilities(
-        scores[keep], labels[keep], mask_pred.sigmoid()[keep], is_thing, overlap_threshold
+        scores[keep], labels[keep], mask_pred[keep].sigmoid(), is_thing, overlap_threshold
     )
 
 
