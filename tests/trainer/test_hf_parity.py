@@ -60,7 +60,7 @@ def test_converted_hf_model_gives_the_same_logits_for_every_prediction_set(
     our_sets = [(a["pred_logits"], a["pred_masks"]) for a in got["aux_outputs"]]
     our_sets.append((got["pred_logits"], got["pred_masks"]))
     assert len(our_sets) == len(hf_sets) == 5
-    for index, ((hf_cls, hf_mask), (cls, mask)) in enumerate(zip(hf_sets, our_sets)):
+    for index, ((hf_cls, hf_mask), (cls, mask)) in enumerate(zip(hf_sets, our_sets, strict=True)):
         assert cls.shape == hf_cls.shape == (2, 7, 6)
         assert mask.shape == hf_mask.shape == (2, 7, 40, 48)
         torch.testing.assert_close(cls, hf_cls, atol=1e-4, rtol=0, msg=f"class logits of prediction set {index}")

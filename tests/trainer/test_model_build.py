@@ -10,7 +10,6 @@ import numpy as np
 import pytest
 import timm
 import torch
-
 from m2f_trainer.cli import main
 from m2f_trainer.config import load_spec
 from m2f_trainer.errors import SpecError, UserError
@@ -66,6 +65,23 @@ def test_efficientvit_l0_is_l1_with_tao_depths(tiny_spec):
     assert l0.model_config["backbone"] == {"kind": "timm", "name": "efficientvit_l1", "kwargs": {"depths": [1, 1, 1, 4, 4]}}
     assert l0.backbone.channels == l1.backbone.channels == [64, 128, 256, 512]
     assert len(l0.backbone.body.stages_3.blocks) < len(l1.backbone.body.stages_3.blocks)
+
+
+@pytest.mark.parametrize("levels", [["res5"], ["res4", "res5"], ["res2", "res3", "res4", "res5"]])
+def test_deformable_encoder_levels_from_the_spec(tiny_spec, levels):
+    spec_levels = "[" + ", ".join(levels) + "]"
+    cfg = load_spec(tiny_spec, [f"model.sem_seg_head.deformable_transformer_encoder_in_features={spec_levels}"])
+    model = build_model(cfg)
+    assert model.model_config["transformer_in_levels"] == len(levels)
+    outputs = model(torch.randn(1, 3, 64, 64))
+    assert outputs["pred_masks"].shape == (1, cfg.model.mask_former.num_object_queries, 16, 16)
+    outputs["pred_masks"].mean().backward()
+
+
+def test_deformable_encoder_levels_must_be_the_coarsest(tiny_spec):
+    cfg = load_spec(tiny_spec, ["model.sem_seg_head.deformable_transformer_encoder_in_features=[res3, res4]"])
+    with pytest.raises(SpecError, match="deformable_transformer_encoder_in_features"):
+        build_model(cfg)
 
 
 def test_freeze_and_activation_checkpoint_come_from_the_spec(tiny_spec):
@@ -235,3 +251,13 @@ def test_detectron2_resnet_checkpoint_is_reported_unsupported(tmp_path, capsys):
     code = main(["convert-checkpoint", "--source", "detectron2", "--input", str(path),
                  "--output", str(tmp_path / "out.pth")])
     assert code == 2 and "only Swin-backbone detectron2 checkpoints" in capsys.readouterr().err
+
+
+def test_package_exports_the_contract_functions():
+    import types
+
+    import m2f_trainer.model as model_package
+    import m2f_trainer.model.postprocess  # noqa: F401  (importing the submodule must not shadow the function)
+
+    assert callable(model_package.postprocess) and not isinstance(model_package.postprocess, types.ModuleType)
+    assert callable(model_package.build_criterion) and callable(model_package.build_model)

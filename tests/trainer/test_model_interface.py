@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import pytest
 import torch
-
 from m2f_trainer.model import Mask2Former, build_model_from_config
 from m2f_trainer.model.backbone import EFFICIENTVIT_MODELS, SWIN_PRESETS
 
@@ -68,7 +67,7 @@ def test_every_backbone_variant_builds_runs_and_backpropagates(variant):
     images = torch.randn(2, 3, 64, 96)
     features = model.backbone(images)
     assert [tuple(f.shape) for f in features] == [
-        (2, c, 64 // s, 96 // s) for c, s in zip(EXPECTED_CHANNELS[variant], (4, 8, 16, 32))
+        (2, c, 64 // s, 96 // s) for c, s in zip(EXPECTED_CHANNELS[variant], (4, 8, 16, 32), strict=True)
     ]
 
     losses, grads = [], []

@@ -8,8 +8,13 @@ import torch
 from torch import nn
 
 from m2f_trainer.errors import SpecError
-from m2f_trainer.model.backbone import EFFICIENTVIT_MODELS, SWIN_PRESETS, build_backbone, load_backbone_weights
-from m2f_trainer.model.pixel_decoder import MSDeformAttnPixelDecoder
+from m2f_trainer.model.backbone import (
+    EFFICIENTVIT_MODELS,
+    SWIN_PRESETS,
+    build_backbone,
+    load_backbone_weights,
+)
+from m2f_trainer.model.pixel_decoder import DECODER_LEVELS, MSDeformAttnPixelDecoder
 from m2f_trainer.model.transformer_decoder import MultiScaleMaskedTransformerDecoder
 
 RES_NAMES = ("res2", "res3", "res4", "res5")
@@ -99,7 +104,7 @@ def build_model_from_config(model_config: dict[str, Any]) -> Mask2Former:
         config["conv_dim"], num_classes=config["num_classes"], hidden_dim=config["hidden_dim"],
         num_queries=config["num_queries"], nheads=config["nheads"], dim_feedforward=config["dim_feedforward"],
         dec_layers=config["decoder_layers"], pre_norm=config["pre_norm"], mask_dim=config["mask_dim"],
-        enforce_input_project=config["enforce_input_proj"], num_feature_levels=levels,
+        enforce_input_project=config["enforce_input_proj"], num_feature_levels=DECODER_LEVELS,
     )
     model = Mask2Former(backbone, pixel_decoder, decoder)
     model.model_config = config  # saved next to the weights so a checkpoint rebuilds its own architecture

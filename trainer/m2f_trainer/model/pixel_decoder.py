@@ -26,6 +26,9 @@ class ChannelLayerNorm(nn.Module):
         return F.layer_norm(x.permute(0, 2, 3, 1), x.shape[1:2], self.weight, self.bias, self.eps).permute(0, 3, 1, 2)
 
 
+DECODER_LEVELS = 3
+
+
 def _norm(kind: str, channels: int) -> nn.Module | None:
     """detectron2's get_norm for the names sem_seg_head.norm accepts."""
     factories = {
@@ -210,11 +213,13 @@ class MSDeformAttnPixelDecoder(nn.Module):
 
         outputs = []
         for (height, width), level_memory in zip(
-            spatial_shapes, memory.split([h * w for h, w in spatial_shapes], dim=1)
+            spatial_shapes, memory.split([h * w for h, w in spatial_shapes], dim=1), strict=True
         ):
             outputs.append(level_memory.transpose(1, 2).reshape(memory.shape[0], -1, height, width))
         for idx, feature in enumerate(features[: self.num_fpn_levels][::-1]):
             lateral = self.lateral_convs[idx](feature)
             merged = lateral + F.interpolate(outputs[-1], size=lateral.shape[-2:], mode="bilinear", align_corners=False)
             outputs.append(self.output_convs[idx](merged))
-        return self.mask_features(outputs[-1]), outputs[: self.num_levels]
+        # The decoder always reads three levels (the original's maskformer_num_feature_levels), taking FPN
+        # outputs when fewer levels go through the deformable encoder.
+        return self.mask_features(outputs[-1]), outputs[:DECODER_LEVELS]
