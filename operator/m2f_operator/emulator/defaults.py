@@ -6,7 +6,7 @@ import datetime
 from collections.abc import Callable
 
 
-def _now() -> str:
+def now_rfc3339() -> str:
     return datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
@@ -44,7 +44,7 @@ def set_pod_condition(obj: dict, condition_type: str, status: str) -> None:
     conditions = obj.setdefault("status", {}).setdefault("conditions", [])
     conditions[:] = [c for c in conditions if c.get("type") != condition_type]
     conditions.append({"type": condition_type, "status": status, "lastProbeTime": None,
-                       "lastTransitionTime": _now()})
+                       "lastTransitionTime": now_rfc3339()})
 
 
 def service(obj: dict, allocate_ip: Callable[[], str]) -> None:
@@ -68,7 +68,7 @@ def node(name: str) -> dict:
         "status": {
             "conditions": [{"type": "Ready", "status": "True", "reason": "KubeletReady",
                             "message": "local kubelet is posting ready status",
-                            "lastHeartbeatTime": _now(), "lastTransitionTime": _now()}],
+                            "lastHeartbeatTime": now_rfc3339(), "lastTransitionTime": now_rfc3339()}],
             "addresses": [{"type": "InternalIP", "address": "127.0.0.1"}, {"type": "Hostname", "address": name}],
             "nodeInfo": {"kubeletVersion": "v1.33.0-m2f-local", "kubeProxyVersion": "", "operatingSystem": "linux",
                          "architecture": "amd64", "bootID": "", "machineID": "", "systemUUID": "",
@@ -80,7 +80,7 @@ def node(name: str) -> dict:
 
 def crd_status(obj: dict) -> None:
     names = (obj.get("spec") or {}).get("names") or {}
-    now = _now()
+    now = now_rfc3339()
     obj["status"] = {
         "acceptedNames": dict(names),
         "storedVersions": [v["name"] for v in (obj.get("spec") or {}).get("versions", []) if v.get("storage")],

@@ -23,12 +23,13 @@ import kmock
 import yaml
 from kmock._internal import rendering
 
-from m2f_operator.emulator import openapi, tables
+from m2f_operator.emulator import discovery, openapi, tables
+from m2f_operator.emulator.errors import ApiError, not_found
 from m2f_operator.emulator.patches import APPLY_PATCH, PATCH_TYPES
 from m2f_operator.emulator.paths import ApiPath, parse_api_path
 from m2f_operator.emulator.resources import ResourceType
 from m2f_operator.emulator.selectors import SelectorError
-from m2f_operator.emulator.store import ApiError, ObjectStore, not_found
+from m2f_operator.emulator.store import ObjectStore
 
 SERVER_VERSION = {
     "major": "1", "minor": "33", "gitVersion": "v1.33.0-m2f-emulator", "gitCommit": "", "gitTreeState": "clean",
@@ -40,6 +41,10 @@ REQUEST_LOG_LIMIT = 5_000  # kmock keeps every request for assertions; a dev clu
 
 def _status_response(error: ApiError) -> rendering.Response:
     return rendering.Response(status=error.code, payload=error.status(), headers=JSON_HEADERS)
+
+
+def _not_served() -> rendering.Response:
+    return _status_response(ApiError(404, "NotFound", "the server could not find the requested resource"))
 
 
 @attrs.define(kw_only=True)
@@ -165,9 +170,7 @@ class Emulator(kmock.KubernetesScaffold):
         parts = request.url.path.split("/")[3:]  # ["api", "v1"] or ["apis", group, version]
         group, version = ("", parts[1]) if parts[0] == "api" else (parts[1], parts[2] if len(parts) > 2 else "")
         document = openapi.gv_document(self.store.served_types(), group, version)
-        if document is None:
-            return _status_response(ApiError(404, "NotFound", "the server could not find the requested resource"))
-        return document
+        return document if document is not None else _not_served()
 
     # -- discovery (legacy format; kmock's versions assume a non-core group) ----------------------
 
@@ -175,54 +178,19 @@ class Emulator(kmock.KubernetesScaffold):
         return dict(SERVER_VERSION)
 
     async def _serve_api(self, request: rendering.Request) -> rendering.Payload:
-        return {"kind": "APIVersions", "apiVersion": "v1", "versions": ["v1"],
-                "serverAddressByClientCIDRs": [{"clientCIDR": "0.0.0.0/0", "serverAddress": f"{self.host}"}]}
-
-    def _groups(self) -> dict[str, list[str]]:
-        groups: dict[str, list[str]] = {}
-        for rtype in self.store.served_types():
-            if rtype.group and rtype.version not in groups.setdefault(rtype.group, []):
-                groups[rtype.group].append(rtype.version)
-        return groups
-
-    @staticmethod
-    def _group_entry(group: str, versions: list[str]) -> dict:
-        entries = [{"groupVersion": f"{group}/{version}", "version": version} for version in versions]
-        return {"name": group, "versions": entries, "preferredVersion": entries[0]}
+        return discovery.api_versions(self.host)
 
     async def _serve_apis(self, request: rendering.Request) -> rendering.Payload:
-        return {"kind": "APIGroupList", "apiVersion": "v1",
-                "groups": [self._group_entry(group, versions) for group, versions in sorted(self._groups().items())]}
+        return discovery.group_list(self.store.served_types())
 
     async def _serve_group(self, request: rendering.Request) -> rendering.Payload:
-        group = request.resource.group if request.resource else None
-        versions = self._groups().get(group or "")
-        if not versions:
-            return _status_response(ApiError(404, "NotFound", "the server could not find the requested resource"))
-        return {"kind": "APIGroup", "apiVersion": "v1", **self._group_entry(group, versions)}
+        group = request.resource.group if request.resource else ""
+        return discovery.api_group(self.store.served_types(), group or "") or _not_served()
 
     async def _serve_version(self, request: rendering.Request) -> rendering.Payload:
         group = request.resource.group if request.resource else ""
         version = request.resource.version if request.resource else ""
-        served = [t for t in self.store.served_types() if (t.group, t.version) == (group, version)]
-        if not served:
-            return _status_response(ApiError(404, "NotFound", "the server could not find the requested resource"))
-        resources = []
-        for rtype in sorted(served, key=lambda t: t.plural):
-            resources.append({
-                "name": rtype.plural, "singularName": rtype.singular_name, "namespaced": rtype.namespaced,
-                "kind": rtype.kind, "verbs": list(_verbs(rtype)), "shortNames": list(rtype.short_names),
-                "categories": list(rtype.categories),
-            })
-            for subresource in rtype.subresources:
-                verbs = {"status": ["get", "patch", "update"], "log": ["get"], "scale": ["get", "patch", "update"],
-                         "binding": ["create"], "eviction": ["create"]}.get(subresource, ["get"])
-                kind = {"log": "Pod", "binding": "Binding", "eviction": "Eviction", "scale": "Scale"}.get(
-                    subresource, rtype.kind)
-                resources.append({"name": f"{rtype.plural}/{subresource}", "singularName": "",
-                                  "namespaced": rtype.namespaced, "kind": kind, "verbs": verbs})
-        return {"kind": "APIResourceList", "apiVersion": "v1",
-                "groupVersion": f"{group}/{version}" if group else version, "resources": resources}
+        return discovery.resource_list(self.store.served_types(), group or "", version or "") or _not_served()
 
     # -- resources --------------------------------------------------------------------------------
 
@@ -412,10 +380,6 @@ class Emulator(kmock.KubernetesScaffold):
                 self.store.unwatch(watcher)
 
         return rendering.Response(status=200, payload=events(), headers=JSON_HEADERS)
-
-
-def _verbs(rtype: ResourceType) -> tuple[str, ...]:
-    return ("create", "delete", "deletecollection", "get", "list", "patch", "update", "watch")
 
 
 def _kmock_action(path: ApiPath | None, method: str, query: Any) -> kmock.action | None:

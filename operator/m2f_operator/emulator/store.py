@@ -6,7 +6,6 @@ completes with its watch events published or raises `ApiError` having changed no
 
 from __future__ import annotations
 
-import asyncio
 import collections
 import copy
 import datetime
@@ -14,12 +13,13 @@ import itertools
 import re
 import uuid
 from collections.abc import Iterator
-from dataclasses import dataclass, field
 
 from m2f_operator.emulator import defaults
+from m2f_operator.emulator.errors import ApiError, conflict, invalid, not_found, qualified
 from m2f_operator.emulator.patches import PatchError, apply_patch
 from m2f_operator.emulator.resources import BUILTIN_TYPES, ResourceType, types_from_crd
-from m2f_operator.emulator.selectors import Predicate, parse_field_selector, parse_label_selector
+from m2f_operator.emulator.selectors import parse_field_selector, parse_label_selector
+from m2f_operator.emulator.watches import Watcher, WatchEvent
 
 _DNS_SUBDOMAIN = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$")
 CRD_TYPE = next(t for t in BUILTIN_TYPES if t.plural == "customresourcedefinitions")
@@ -28,85 +28,6 @@ SERVICE_ACCOUNT_TYPE = next(t for t in BUILTIN_TYPES if t.plural == "serviceacco
 NODE_TYPE = next(t for t in BUILTIN_TYPES if t.plural == "nodes")
 INITIAL_NAMESPACES = ("default", "kube-system", "kube-public", "kube-node-lease")
 WATCH_HISTORY = 50_000  # events kept for watches resuming from an older resourceVersion
-
-
-class ApiError(Exception):
-    """An API failure rendered as a `Status` object: code, reason (NotFound, Conflict, ...), message."""
-
-    def __init__(self, code: int, reason: str, message: str, details: dict | None = None):
-        super().__init__(message)
-        self.code, self.reason, self.message, self.details = code, reason, message, details or {}
-
-    def status(self) -> dict:
-        return {"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Failure",
-                "message": self.message, "reason": self.reason, "details": self.details, "code": self.code}
-
-
-def _qualified(rtype: ResourceType) -> str:
-    return f"{rtype.plural}.{rtype.group}" if rtype.group else rtype.plural
-
-
-def not_found(rtype: ResourceType, name: str) -> ApiError:
-    return ApiError(404, "NotFound", f'{_qualified(rtype)} "{name}" not found',
-                    {"name": name, "group": rtype.group, "kind": rtype.plural})
-
-
-def conflict(rtype: ResourceType, name: str, why: str) -> ApiError:
-    return ApiError(409, "Conflict", f'Operation cannot be fulfilled on {_qualified(rtype)} "{name}": {why}',
-                    {"name": name, "group": rtype.group, "kind": rtype.plural})
-
-
-def invalid(rtype: ResourceType, name: str, why: str) -> ApiError:
-    return ApiError(422, "Invalid", f'{rtype.kind} "{name}" is invalid: {why}',
-                    {"name": name, "group": rtype.group, "kind": rtype.kind})
-
-
-def now_rfc3339() -> str:
-    return datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
-
-
-@dataclass(frozen=True)
-class WatchEvent:
-    revision: int
-    storage_key: tuple[str, str]
-    type: str  # ADDED / MODIFIED / DELETED
-    obj: dict
-    old: dict | None = None
-
-
-@dataclass(eq=False)
-class Watcher:
-    """One open watch: what it selects and the queue its events (dicts, or None at the end) go to."""
-
-    rtype: ResourceType
-    namespace: str | None
-    label_selector: Predicate
-    field_selector: Predicate
-    queue: asyncio.Queue = field(default_factory=asyncio.Queue)
-
-    def offer(self, event: WatchEvent) -> None:
-        if event.storage_key != self.rtype.storage_key:
-            return
-        if self.namespace is not None and event.obj["metadata"].get("namespace") != self.namespace:
-            return
-        # Like the watch cache: an object moving into / out of the selection is ADDED / DELETED.
-        now_selected = self._selects(event.obj)
-        was_selected = event.old is not None and self._selects(event.old)
-        if event.type == "MODIFIED" and event.old is not None:
-            kind = ("MODIFIED" if now_selected and was_selected else "ADDED" if now_selected
-                    else "DELETED" if was_selected else None)
-        else:
-            kind = event.type if now_selected else None
-        if kind is not None:
-            self.queue.put_nowait({"type": kind, "object": self._as_served(event.obj)})
-
-    def _selects(self, obj: dict) -> bool:
-        return self.label_selector(obj) and self.field_selector(obj)
-
-    def _as_served(self, obj: dict) -> dict:
-        served = copy.deepcopy(obj)
-        served["apiVersion"] = self.rtype.api_version
-        return served
 
 
 class ObjectStore:
@@ -191,11 +112,11 @@ class ObjectStore:
             raise invalid(rtype, name, f"metadata.name: Invalid value: {name!r}: a lowercase RFC 1123 "
                                        "subdomain must consist of lower case alphanumeric characters, '-' or '.'")
         if (namespace or "", name) in self._objects[rtype.storage_key]:
-            raise ApiError(409, "AlreadyExists", f'{_qualified(rtype)} "{name}" already exists',
+            raise ApiError(409, "AlreadyExists", f'{qualified(rtype)} "{name}" already exists',
                            {"name": name, "group": rtype.group, "kind": rtype.plural})
         obj["kind"] = rtype.kind
         obj["apiVersion"] = rtype.api_version
-        meta.update(uid=str(uuid.uuid4()), creationTimestamp=now_rfc3339(), generation=1)
+        meta.update(uid=str(uuid.uuid4()), creationTimestamp=defaults.now_rfc3339(), generation=1)
         for volatile in ("deletionTimestamp", "deletionGracePeriodSeconds", "resourceVersion", "selfLink"):
             meta.pop(volatile, None)
         if namespace:
@@ -486,7 +407,7 @@ class ObjectStore:
         name = namespace_obj["metadata"]["name"]
         if not namespace_obj["metadata"].get("deletionTimestamp"):
             new = copy.deepcopy(namespace_obj)
-            new["metadata"]["deletionTimestamp"] = now_rfc3339()
+            new["metadata"]["deletionTimestamp"] = defaults.now_rfc3339()
             new["status"] = {"phase": "Terminating"}
             self._store(NAMESPACE_TYPE, new, "MODIFIED", old=namespace_obj)
             namespace_obj = new

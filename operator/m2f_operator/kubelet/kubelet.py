@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import datetime
 import itertools
 import json
 import logging
@@ -25,7 +24,8 @@ from pathlib import Path
 
 import aiohttp
 
-from m2f_operator.kubelet import podspec, volumes
+from m2f_operator.emulator.defaults import now_rfc3339
+from m2f_operator.kubelet import podspec, status, volumes
 from m2f_operator.kubelet.podspec import PodConfigError
 
 logger = logging.getLogger(__name__)
@@ -37,14 +37,6 @@ MERGE_PATCH = {"Content-Type": "application/merge-patch+json"}
 # Labels that differ between the replicas of one gang (mask2former.io/replica-index, job-completion-index,
 # statefulset pod-name): ignored when deciding which pods share a remapped port.
 _PER_REPLICA_LABEL = re.compile(r"(index|pod-name)$")
-
-
-def _now() -> str:
-    return datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
-
-
-def _exit_code(returncode: int) -> int:
-    return 128 - returncode if returncode < 0 else returncode  # killed by signal N -> 128 + N
 
 
 @dataclass
@@ -219,7 +211,7 @@ class Kubelet:
                 run.lost = True
                 run.signal(signal.SIGSTOP)
         ready = {"type": "Ready", "status": "Unknown", "reason": "NodeStatusUnknown",
-                 "message": "Kubelet stopped posting node status (simulated lost node).", "lastTransitionTime": _now()}
+                 "message": "Kubelet stopped posting node status (simulated lost node).", "lastTransitionTime": now_rfc3339()}
         with contextlib.suppress(RuntimeError, aiohttp.ClientError):
             await self._request("PATCH", f"/api/v1/nodes/{name}/status", {"status": {"conditions": [ready]}},
                                 MERGE_PATCH)
@@ -279,13 +271,13 @@ class Kubelet:
             if not await self._prepare_until_ready(run):
                 await self._confirm_deletion(run.pod)
                 return
-            run.started_at = _now()
+            run.started_at = now_rfc3339()
             init_ok = await self._run_init_containers(run)
             if init_ok:
                 await self._run_containers(run)
             if run.lost:
                 return
-            await self._patch_status(run, self._final_status(run))
+            await self._patch_status(run, status.final_status(run))
             if run.deleting.is_set():
                 await self._confirm_deletion(run.pod)
         except Exception:
@@ -316,10 +308,10 @@ class Kubelet:
         config_cache: dict[tuple, dict] = {}
         for plural in ("configmaps", "secrets"):
             for container in [*pod["spec"].get("initContainers", []), *pod["spec"].get("containers", [])]:
-                for ref in _config_refs(container, plural):
+                for ref in podspec.config_refs(container, plural):
                     obj = await self._read_object(plural, pod["metadata"]["namespace"], ref)
                     if obj is not None:
-                        config_cache[(plural, ref)] = _decoded_data(obj, plural == "secrets")
+                        config_cache[(plural, ref)] = podspec.decoded_data(obj, plural == "secrets")
 
         def read_config(plural: str, namespace: str, name: str) -> dict:
             return config_cache[(plural, name)]
@@ -373,7 +365,7 @@ class Kubelet:
             container.process = await asyncio.create_subprocess_exec(
                 *container.argv, env=container.env, cwd=container.cwd, stdin=asyncio.subprocess.DEVNULL,
                 stdout=log, stderr=asyncio.subprocess.STDOUT, start_new_session=True)
-        container.started_at = _now()
+        container.started_at = now_rfc3339()
         (run.pod_dir / f"pid-{container.spec['name']}").write_text(str(container.process.pid))
         logger.info("pod %s: container %s started as pid %d: %s", run.label, container.spec["name"],
                     container.process.pid, container.argv)
@@ -382,7 +374,7 @@ class Kubelet:
         init_names = {c["name"] for c in run.pod["spec"].get("initContainers", [])}
         for container in [c for c in run.containers if c.spec["name"] in init_names]:
             await self._start(run, container)
-            await self._patch_status(run, self._status(run, "Pending"))
+            await self._patch_status(run, status.pod_status(run, "Pending"))
             await self._wait_or_terminate(run, [container])
             if container.terminated and container.terminated["exitCode"] != 0:
                 return False
@@ -393,7 +385,7 @@ class Kubelet:
         main = [c for c in run.containers if c.spec["name"] not in init_names]
         for container in main:
             await self._start(run, container)
-        await self._patch_status(run, self._status(run, "Running"))
+        await self._patch_status(run, status.pod_status(run, "Running"))
         restart_policy = run.pod["spec"].get("restartPolicy", "Always")
         while True:
             await self._wait_or_terminate(run, main)
@@ -403,13 +395,13 @@ class Kubelet:
                 restart_policy == "Always" or (restart_policy == "OnFailure" and c.terminated["exitCode"] != 0))]
             if not to_restart:
                 return
-            await self._patch_status(run, self._status(run, "Running"))
+            await self._patch_status(run, status.pod_status(run, "Running"))
             await asyncio.sleep(1.0)  # crash-loop backoff, kept short for local runs
             for container in to_restart:
                 container.restarts += 1
                 container.terminated = None
                 await self._start(run, container)
-            await self._patch_status(run, self._status(run, "Running"))
+            await self._patch_status(run, status.pod_status(run, "Running"))
 
     async def _wait_or_terminate(self, run: PodRun, containers: list[ContainerRun]) -> None:
         """Wait until these containers exit; on deletion SIGTERM them, SIGKILL after the grace period."""
@@ -420,7 +412,7 @@ class Kubelet:
             while waits:
                 done, _ = await asyncio.wait([*waits, deleting], return_when=asyncio.FIRST_COMPLETED)
                 for finished in [task for task in done if task in waits]:
-                    self._record_exit(run, waits.pop(finished))
+                    status.record_exit(run, waits.pop(finished))
                     if run.pod["spec"].get("restartPolicy", "Always") != "Never" and not run.deleting.is_set():
                         return  # let the caller restart it
                 if deleting in done and kill_timer is None and not run.lost:
@@ -441,63 +433,6 @@ class Kubelet:
         logger.info("pod %s: grace period over, SIGKILL", run.label)
         run.signal(signal.SIGKILL)
 
-    def _record_exit(self, run: PodRun, container: ContainerRun) -> None:
-        assert container.process is not None and container.process.returncode is not None
-        code = _exit_code(container.process.returncode)
-        message = container.termination_path.read_bytes()[:4096].decode(errors="replace") \
-            if container.termination_path.exists() else ""
-        if not message.strip() and code != 0 and container.spec.get("terminationMessagePolicy") == "FallbackToLogsOnError":
-            tail = container.log_path.read_bytes()[-2048:].decode(errors="replace").splitlines()[-80:]
-            message = "\n".join(tail)
-        container.terminated = {"exitCode": code, "reason": "Completed" if code == 0 else "Error",
-                                "startedAt": container.started_at, "finishedAt": _now(),
-                                "containerID": f"local://{container.process.pid}"}
-        if message.strip():
-            container.terminated["message"] = message.strip()
-        logger.info("pod %s: container %s exited with %d", run.label, container.spec["name"], code)
-
-    # -- status -----------------------------------------------------------------------------------
-
-    def _container_status(self, container: ContainerRun) -> dict:
-        pid = container.process.pid if container.process else None
-        if container.terminated is not None:
-            state = {"terminated": container.terminated}
-        elif container.process is not None:
-            state = {"running": {"startedAt": container.started_at}}
-        else:
-            state = {"waiting": {"reason": "PodInitializing"}}
-        return {"name": container.spec["name"], "image": container.spec.get("image", ""), "imageID": "",
-                "containerID": f"local://{pid}" if pid else "", "ready": "running" in state,
-                "started": "running" in state, "restartCount": container.restarts, "state": state,
-                "lastState": {}}
-
-    def _status(self, run: PodRun, phase: str) -> dict:
-        init_names = {c["name"] for c in run.pod["spec"].get("initContainers", [])}
-        main = [c for c in run.containers if c.spec["name"] not in init_names]
-        ready = phase == "Running" and all(c.terminated is None for c in main)
-        now = _now()
-
-        def condition(kind: str, status: bool) -> dict:
-            return {"type": kind, "status": "True" if status else "False", "lastProbeTime": None,
-                    "lastTransitionTime": now}
-
-        status = {
-            "phase": phase, "hostIP": "127.0.0.1", "podIP": "127.0.0.1", "podIPs": [{"ip": "127.0.0.1"}],
-            "startTime": run.started_at,
-            "conditions": [condition("PodScheduled", True), condition("Initialized", phase != "Pending"),
-                           condition("ContainersReady", ready), condition("Ready", ready)],
-            "containerStatuses": [self._container_status(c) for c in main],
-        }
-        if init_names:
-            status["initContainerStatuses"] = [self._container_status(c) for c in run.containers
-                                               if c.spec["name"] in init_names]
-        return status
-
-    def _final_status(self, run: PodRun) -> dict:
-        codes = [c.terminated["exitCode"] for c in run.containers if c.terminated is not None]
-        failed = any(code != 0 for code in codes) or len(codes) < len(run.containers)
-        return self._status(run, "Failed" if failed else "Succeeded")
-
     async def _shutdown_pods(self) -> None:
         runs = list(self._pods.values())
         for run in runs:
@@ -513,21 +448,3 @@ class Kubelet:
             if run.task is not None:
                 with contextlib.suppress(asyncio.CancelledError, Exception):
                     await run.task
-
-
-def _config_refs(container: dict, plural: str) -> set[str]:
-    key, ref_key = ("configMapRef", "configMapKeyRef") if plural == "configmaps" else ("secretRef", "secretKeyRef")
-    names = {source[key]["name"] for source in container.get("envFrom", []) if key in source}
-    names |= {item["valueFrom"][ref_key]["name"] for item in container.get("env", [])
-              if ref_key in (item.get("valueFrom") or {})}
-    return names
-
-
-def _decoded_data(obj: dict, is_secret: bool) -> dict:
-    import base64
-
-    data = dict(obj.get("data") or {})
-    if is_secret:
-        data = {key: base64.b64decode(value).decode(errors="replace") for key, value in data.items()}
-        data.update(obj.get("stringData") or {})
-    return data

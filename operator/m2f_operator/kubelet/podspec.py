@@ -9,6 +9,7 @@ ports that would collide between jobs are remapped per job.
 
 from __future__ import annotations
 
+import base64
 import re
 import shutil
 import sys
@@ -150,3 +151,19 @@ def remap_ports(env: dict[str, str], allocate: Callable[[str, int], int]) -> dic
         if name.endswith("PORT") and value.isdigit() and int(value) > 0:
             remapped[name] = str(allocate(name, int(value)))
     return remapped
+
+
+def config_refs(container: dict, plural: str) -> set[str]:
+    key, ref_key = ("configMapRef", "configMapKeyRef") if plural == "configmaps" else ("secretRef", "secretKeyRef")
+    names = {source[key]["name"] for source in container.get("envFrom", []) if key in source}
+    names |= {item["valueFrom"][ref_key]["name"] for item in container.get("env", [])
+              if ref_key in (item.get("valueFrom") or {})}
+    return names
+
+
+def decoded_data(obj: dict, is_secret: bool) -> dict:
+    data = dict(obj.get("data") or {})
+    if is_secret:
+        data = {key: base64.b64decode(value).decode(errors="replace") for key, value in data.items()}
+        data.update(obj.get("stringData") or {})
+    return data
