@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 import signal
 import subprocess
 import sys
@@ -16,10 +15,9 @@ from types import SimpleNamespace
 
 import pytest
 import torch
-from torch import nn
-
 from m2f_trainer.engine import checkpoints, distributed, optim, progress, prometheus
 from m2f_trainer.errors import SpecError, UserError
+from torch import nn
 
 
 def train_cfg(**overrides):

@@ -8,12 +8,11 @@ import json
 import re
 import socket
 import time
-from pathlib import Path
 
 import pytest
 import torch
-
 from m2f_trainer.data.synth import synthesize
+
 from tests.trainer.test_train_loop import LATEST, m2f_process, read_jsonl
 
 DIGEST = re.compile(r"rank (\d) final weights sha256 ([0-9a-f]{64})")

@@ -13,7 +13,6 @@ from pathlib import Path
 
 import pytest
 import torch
-
 from m2f_trainer.cli import main
 from m2f_trainer.data.synth import synthesize
 

@@ -6,8 +6,8 @@ import json
 
 import pytest
 import yaml
-
 from m2f_trainer.cli import main
+
 from tests.trainer.test_train_loop import read_jsonl
 
 STEPS = 100

@@ -70,7 +70,7 @@ class Mask2FormerModule(L.LightningModule):
 
         data_parallel = init_device_mesh(self.device.type, (dist.get_world_size(),),
                                          mesh_dim_names=("data_parallel",))
-        for name, child in self.named_children():
+        for child in self.children():
             if any(p.numel() for p in child.parameters()):
                 fully_shard(child, mesh=data_parallel, mp_policy=policy)
         self._sharded = True
@@ -94,7 +94,6 @@ class Mask2FormerModule(L.LightningModule):
         if getattr(self, "_device_mesh", None) is None:
             return
         import torch.distributed as dist
-
         from torch.distributed.tensor import DTensor
 
         if not (dist.is_available() and dist.is_initialized()):
