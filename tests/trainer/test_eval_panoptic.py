@@ -8,6 +8,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 sys.path.insert(0, str(Path(__file__).parent))
 from _panoptic_synth import write_synthetic_panoptic  # noqa: E402
@@ -328,3 +330,30 @@ def test_unlisted_gt_ids_and_many_segments_match_panopticapi(tmp_path):
     pred_segs = [{"id": int(i), "category_id": int(rng.choice([1, 2]))} for i in np.unique(pred) if i]
     result = score(tmp_path / "many", gt, gt_segs, pred, pred_segs)
     assert result["All"]["n"] == 3
+
+
+@settings(max_examples=150, deadline=None)
+@given(st.data())
+def test_property_image_stats_equal_panopticapi(data):
+    """Random tiny images (VOID, crowd, unlisted GT ids, absent GT segments): same sums as panopticapi."""
+    from collections import defaultdict
+
+    from _panopticapi_reference import _CategoryStat, reference_image_stats, reference_results
+
+    shape = (data.draw(st.integers(1, 6)), data.draw(st.integers(1, 7)))
+    gt = np.array(data.draw(st.lists(st.sampled_from([0, 3, 5, 8, 9]), min_size=shape[0] * shape[1],
+                                     max_size=shape[0] * shape[1]))).reshape(shape).astype(np.uint32)
+    pred = np.array(data.draw(st.lists(st.sampled_from([0, 1, 2, 4, 300]), min_size=gt.size,
+                                       max_size=gt.size))).reshape(shape).astype(np.uint32)
+    category = st.sampled_from([c["id"] for c in CATEGORIES])
+    gt_segs = [{"id": i, "category_id": data.draw(category), "iscrowd": int(data.draw(st.booleans())),
+                "area": int((gt == i).sum())}
+               for i in (3, 5, 8) if data.draw(st.booleans()) or (gt == i).sum() == 0]  # 9: never listed
+    pred_segs = [{"id": int(i), "category_id": data.draw(category)} for i in np.unique(pred) if i]
+    categories = {c["id"]: c for c in CATEGORIES}
+
+    expected = defaultdict(_CategoryStat)
+    reference_image_stats(expected, gt, gt_segs, pred, pred_segs, categories, 0)
+    accumulator = PQAccumulator()
+    accumulator.update(gt, gt_segs, pred, pred_segs)
+    assert accumulator.compute(CATEGORIES) == reference_results(expected, categories)
