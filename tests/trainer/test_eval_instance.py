@@ -109,6 +109,8 @@ def test_errors_name_the_result(tmp_path, coco_instances):
     small = encode_instances(image["id"], mask[:, :10, :10], [0.5], [1])
     with pytest.raises(DataError, match=r"result #0: mask size \[10, 10\] differs"):
         evaluate_instances(coco_instances, small)
+    with pytest.raises(DataError, match=r"instance results: result #0 misses segmentation"):
+        evaluate_instances(coco_instances, [{"image_id": image["id"], "category_id": 1, "score": 0.1, "bbox": [0] * 4}])
     (tmp_path / "bad.json").write_text(json.dumps([{"image_id": 1, "category_id": 1, "score": 0.1}]))
     with pytest.raises(DataError, match=r"bad\.json: result #0 misses segmentation"):
         evaluate_instances(coco_instances, tmp_path / "bad.json")

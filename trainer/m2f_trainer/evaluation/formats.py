@@ -173,16 +173,21 @@ def write_instance_results(pred_dir: str | os.PathLike, results: Sequence[dict])
 
 def read_instance_results(path: str | os.PathLike) -> list[dict]:
     """Read a COCO results JSON (list of {image_id, category_id, segmentation RLE, score}); checks each entry."""
-    results = read_json(path)
+    return check_instance_results(read_json(path), str(path))
+
+
+def check_instance_results(results, source: str = "instance results") -> list[dict]:
+    """Each entry must be {image_id, category_id, segmentation: {size, counts}, score}; DataError otherwise."""
     if not isinstance(results, list):
-        raise DataError(f"{path}: expected a JSON list of instance results, got {type(results).__name__}")
+        raise DataError(f"{source}: expected a list of instance results, got {type(results).__name__}")
     for index, entry in enumerate(results):
-        missing = [k for k in ("image_id", "category_id", "segmentation", "score") if k not in entry]
+        missing = [k for k in ("image_id", "category_id", "segmentation", "score")
+                   if not isinstance(entry, dict) or k not in entry]
         if missing:
-            raise DataError(f"{path}: result #{index} misses {', '.join(missing)}")
+            raise DataError(f"{source}: result #{index} misses {', '.join(missing)}")
         segmentation = entry["segmentation"]
         if not (isinstance(segmentation, dict) and "counts" in segmentation and "size" in segmentation):
-            raise DataError(f"{path}: result #{index} (image_id {entry['image_id']}) needs an RLE segmentation "
+            raise DataError(f"{source}: result #{index} (image_id {entry['image_id']}) needs an RLE segmentation "
                             "{size, counts}")
     return results
 

@@ -13,6 +13,7 @@ import numpy as np
 
 from m2f_trainer.errors import DataError
 from m2f_trainer.evaluation.formats import (
+    check_instance_results,
     encode_instances,
     read_instance_results,
     read_json,
@@ -70,7 +71,7 @@ def evaluate_instances(gt_json, results) -> dict:
     gt_coco = _coco(_load_dataset(gt_json))
     if isinstance(results, (str, os.PathLike)):
         results = read_instance_results(results)
-    results = [dict(r) for r in results]
+    results = [dict(r) for r in check_instance_results(list(results))]
     _check_results(results, gt_coco)
     if results:
         with contextlib.redirect_stdout(io.StringIO()):
