@@ -95,3 +95,18 @@ def test_unknown_resource_and_missing_object_messages(kubectl):
     assert missing.returncode == 1 and 'configmaps "nope" not found' in missing.stderr
     unknown = kubectl("get", "frobnicators", check=False)
     assert unknown.returncode == 1 and 'the server doesn\'t have a resource type "frobnicators"' in unknown.stderr
+
+
+def test_imperative_create_commands_send_protobuf_the_emulator_decodes(kubectl):
+    assert kubectl("create", "namespace", "team").stdout.strip() == "namespace/team created"
+    kubectl("create", "configmap", "cfg", "-n", "team", "--from-literal=lr=0.1", "--from-literal=name=two words")
+    kubectl("create", "secret", "generic", "creds", "-n", "team", "--from-literal=token=s3cr3t")
+    kubectl("create", "serviceaccount", "worker", "-n", "team")
+    cm = json.loads(kubectl("get", "cm", "cfg", "-n", "team", "-o", "json").stdout)
+    assert cm["data"] == {"lr": "0.1", "name": "two words"}
+    secret = json.loads(kubectl("get", "secret", "creds", "-n", "team", "-o", "json").stdout)
+    assert secret["data"] == {"token": "czNjcjN0"} and secret["type"] == "Opaque"
+    assert kubectl("get", "sa", "-n", "team", "-o", "name").stdout.split() == [
+        "serviceaccount/default", "serviceaccount/worker"]
+    refused = kubectl("create", "deployment", "web", "--image=nginx", check=False)
+    assert refused.returncode == 1 and "use `kubectl apply -f`" in refused.stderr

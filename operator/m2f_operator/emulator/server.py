@@ -23,7 +23,7 @@ import kmock
 import yaml
 from kmock._internal import rendering
 
-from m2f_operator.emulator import discovery, openapi, tables
+from m2f_operator.emulator import discovery, openapi, protobuf, tables
 from m2f_operator.emulator.errors import ApiError, not_found
 from m2f_operator.emulator.patches import APPLY_PATCH, PATCH_TYPES
 from m2f_operator.emulator.paths import ApiPath, parse_api_path
@@ -118,12 +118,15 @@ class Emulator(kmock.KubernetesScaffold):
         content_type = raw_request.headers.get("Content-Type", "").split(";")[0].strip()
         data: Any = None
         if content_type.startswith("application/vnd.kubernetes.protobuf") or content_type == "application/cbor":
-            # Typed clients (e.g. `kubectl create configmap`) may send protobuf; `kubectl apply -f`,
-            # kopf and the Python client send JSON, which is all the emulator speaks.
-            error = ApiError(415, "UnsupportedMediaType", f"the emulator accepts JSON bodies only, not {content_type}; "
-                                                         "use `kubectl apply -f` / `kubectl create -f`")
-            return aiohttp.web.json_response(error.status(), status=415)
-        if body:
+            # Typed clients (`kubectl create namespace|configmap|secret|...`) send protobuf; a few kinds
+            # are decoded, the rest refused: `kubectl apply -f`, kopf and the Python client send JSON.
+            try:
+                data = protobuf.decode(body)
+            except (protobuf.UnsupportedProtobuf, IndexError) as exc:
+                error = ApiError(415, "UnsupportedMediaType", f"the emulator accepts JSON bodies (and protobuf only "
+                                 f"for {', '.join(protobuf.SUPPORTED_KINDS)}): {exc}; use `kubectl apply -f`")
+                return aiohttp.web.json_response(error.status(), status=415)
+        elif body:
             try:
                 data = yaml.safe_load(text) if content_type == APPLY_PATCH else json.loads(text)
             except (ValueError, yaml.YAMLError):

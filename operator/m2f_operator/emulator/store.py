@@ -164,6 +164,8 @@ class ObjectStore:
             defaults.service(obj, self._allocate_service_ip)
         elif rtype.group == "" and rtype.plural == "namespaces":
             obj["status"] = {"phase": "Active"}
+        elif rtype.group == "" and rtype.plural == "secrets":
+            obj["type"] = obj.get("type") or "Opaque"
         elif rtype == CRD_TYPE:
             defaults.crd_status(obj)
 
