@@ -1,7 +1,8 @@
 """Benchmark: 100 Mask2FormerTrain resources created at once against the API emulator.
 
 Measures, for our operator (`python -m m2f_operator`, a subprocess) and for a peer, the time from
-each resource's creation until all its worker pods exist (p50/p99), API requests per reconcile and
+each resource's creation until all its worker pods exist (p50/p99, from the API server's
+creationTimestamps, 1 s resolution), API requests per reconcile and
 the controller's resident memory. The peer is a naive level-triggered controller with no cache and
 no watch: it polls the resources and, for each, GETs every child (ConfigMap, Service, each pod) and
 creates the missing ones, then writes the status: one request per child per pass, the pattern our
@@ -26,6 +27,7 @@ import tempfile
 import time
 import urllib.request
 from concurrent.futures import ThreadPoolExecutor
+from datetime import datetime
 from pathlib import Path
 
 import kubernetes
@@ -78,6 +80,12 @@ def clients(kubeconfig: Path, user_agent: str | None = None):
 def rss_mib(pid: int) -> tuple[float, float]:
     fields = dict(line.split(":", 1) for line in Path(f"/proc/{pid}/status").read_text().splitlines() if ":" in line)
     return int(fields["VmRSS"].split()[0]) / 1024, int(fields["VmHWM"].split()[0]) / 1024
+
+
+def prometheus_lines(port: int, name: str) -> dict[str, float]:
+    text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read().decode()
+    return {line.rsplit(" ", 1)[0]: float(line.rsplit(" ", 1)[1]) for line in text.splitlines()
+            if line.startswith(name + "{")}
 
 
 def prometheus_value(port: int, name: str) -> float:
@@ -138,7 +146,7 @@ def run_peer(kubeconfig: str, counts_file: str) -> None:
 
 
 def wait_for_gangs(core, resources: int, nodes: int, controller: str) -> dict[str, float]:
-    """job name -> when its last pod appeared, from a pod watch (polling would load the API server)."""
+    """job name -> when the benchmark saw its last pod, from a watch (polling would load the server)."""
     seen: dict[str, set[str]] = {}
     complete_at: dict[str, float] = {}
     watch = kubernetes.watch.Watch()
@@ -156,6 +164,23 @@ def wait_for_gangs(core, resources: int, nodes: int, controller: str) -> dict[st
                 watch.stop()
                 break
     return complete_at
+
+
+def server_side_latencies(core, custom, nodes: int) -> list[float]:
+    """Per resource: its last worker pod's creationTimestamp minus its own (the API server's clock,
+    1 s resolution), so a slow watch to the benchmark cannot inflate the numbers."""
+    def stamp(value) -> float:
+        if isinstance(value, str):
+            return datetime.fromisoformat(value.replace("Z", "+00:00")).timestamp()
+        return value.timestamp()
+
+    created = {item["metadata"]["name"]: stamp(item["metadata"]["creationTimestamp"]) for item in
+               custom.list_namespaced_custom_object(meta.GROUP, meta.VERSION, NAMESPACE, "mask2formertrains")["items"]}
+    last_pod: dict[str, float] = {}
+    for pod in core.list_namespaced_pod(NAMESPACE).items:
+        job = pod.metadata.labels[meta.LABEL_JOB_NAME]
+        last_pod[job] = max(last_pod.get(job, 0.0), stamp(pod.metadata.creation_timestamp))
+    return sorted(last_pod[name] - created[name] for name in created)
 
 
 # -- one measured run ---------------------------------------------------------------------------------
@@ -183,7 +208,8 @@ def measure(controller: str, resources: int, nodes: int) -> dict:
             argv = [sys.executable, "-m", "m2f_operator"]
         else:
             argv = [sys.executable, __file__, "--peer", str(emulator.kubeconfig), str(counts_file)]
-        process = subprocess.Popen(argv, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        stderr_file = open(Path(tmp) / "controller.log", "w+b")  # noqa: SIM115 (closed with the folder)
+        process = subprocess.Popen(argv, env=env, stdout=subprocess.DEVNULL, stderr=stderr_file)
         try:
             if controller == "ours":
                 deadline = time.monotonic() + 60
@@ -193,32 +219,33 @@ def measure(controller: str, resources: int, nodes: int) -> dict:
                         break
                     except OSError:
                         if time.monotonic() > deadline or process.poll() is not None:
-                            raise RuntimeError("operator did not start: " + process.stderr.read().decode()[-2000:]) from None
+                            raise RuntimeError("operator did not start: " + (Path(tmp) / "controller.log").read_text()[-2000:]) from None
                         time.sleep(0.2)
                 time.sleep(2)  # kopf's watches are established after /metrics is served
 
             requests_before = tally.count  # startup: discovery, initial lists, watches
             names = [f"run-{i:03d}" for i in range(resources)]
-            created_at: dict[str, float] = {}
 
             def create(name: str) -> None:
                 custom.create_namespaced_custom_object(meta.GROUP, meta.VERSION, NAMESPACE, "mask2formertrains", {
                     "apiVersion": meta.API_VERSION, "kind": "Mask2FormerTrain", "metadata": {"name": name},
                     "spec": {"experiment": EXPERIMENT, "nodes": nodes, "gpusPerNode": 0}})
-                created_at[name] = time.monotonic()
 
             start = time.monotonic()
             watcher = ThreadPoolExecutor(1).submit(wait_for_gangs, core, resources, nodes, controller)
             with ThreadPoolExecutor(8) as pool:
                 list(pool.map(create, names))
-            complete_at = watcher.result()
+            watcher.result()
             wall = time.monotonic() - start
-            latencies = sorted(complete_at[n] - created_at[n] for n in names)
+            latencies = server_side_latencies(core, custom, nodes)
             time.sleep(1.0)  # let trailing status writes land in the counters
             rss, peak = rss_mib(process.pid)
             if controller == "ours":
                 reconciler_requests = prometheus_value(metrics_port, "m2f_operator_api_requests_total")
                 reconciles = prometheus_value(metrics_port, "m2f_operator_reconciles_total")
+                for series, value in [*prometheus_lines(metrics_port, "m2f_operator_reconciles_total").items(),
+                                      *prometheus_lines(metrics_port, "m2f_operator_reconcile_errors_total").items()]:
+                    print(f"  {series} {value:.0f}")
             else:
                 counts = json.loads(counts_file.read_text())
                 reconciler_requests, reconciles = counts["requests"], counts["reconciles"]
@@ -241,6 +268,8 @@ def measure(controller: str, resources: int, nodes: int) -> dict:
             except subprocess.TimeoutExpired:
                 process.kill()
             access_log.removeHandler(tally)
+            if os.environ.get("M2F_BENCH_LOG"):
+                print((Path(tmp) / "controller.log").read_text()[-int(os.environ["M2F_BENCH_LOG"]):])
 
 
 def main() -> int:

@@ -56,6 +56,9 @@ def configure_kopf(settings: kopf.OperatorSettings) -> None:
     # metadata that the status subresource cannot hold.
     settings.persistence.progress_storage = kopf.StatusProgressStorage(field="status.kopf.progress")
     settings.persistence.finalizer = f"{meta.GROUP}/operator"
+    # After its own patch kopf waits for that version before judging the next event; on a busy API
+    # server the default 5 s expires and a stale body re-runs the create handler (harmless, wasted).
+    settings.persistence.consistency_timeout = 30
     # Bounded retries with backoff: an API hiccup is retried, a real bug does not loop forever.
     settings.execution.max_workers = 16
     settings.networking.request_timeout = 30
