@@ -227,3 +227,46 @@ def test_sigterm_saves_a_checkpoint_and_exits_143(tmp_path):
     assert checkpoint["global_step"] >= 1 and checkpoint["optimizer_states"]
     assert not list((results / "train").glob("model_epoch_*.pth"))  # interval 100: only the SIGTERM save
     assert "SIGTERM: saved checkpoint" in (tmp_path / "train.log").read_text()
+
+
+@pytest.mark.parametrize("kind, metric, output", [("coco", "AP", "instance/instances.json"),
+                                                  ("semantic", "mIoU", "semantic/000001.png")])
+def test_instance_and_semantic_modes_validate_evaluate_and_infer(kind, metric, output, tmp_path):
+    spec = synthesize(kind, tmp_path / "data", num_images=2, size=64)
+    results = tmp_path / "results"
+    common = ["-e", str(spec), f"results_dir={results}"]
+    assert main(["train", *common, "train.num_epochs=1", "train.metrics_port=0"]) == 0
+    validation = [r for r in read_jsonl(results / "train" / "metrics.jsonl") if r["event"] == "validation"]
+    assert len(validation) == 1 and f"val/{metric}" in validation[0] and validation[0]["val/num_images"] == 2
+
+    checkpoint = results / "train" / LATEST
+    assert main(["evaluate", *common, f"evaluate.checkpoint={checkpoint}"]) == 0
+    metrics = json.loads((results / "evaluate" / "metrics.json").read_text())
+    assert metrics["mode"] == ("instance" if kind == "coco" else "semantic") and metrics["num_images"] == 2
+    assert metric in metrics and metrics["per_class"]
+    assert main(["inference", *common, f"inference.checkpoint={checkpoint}"]) == 0
+    assert (results / "inference" / output).is_file()
+    assert len(list((results / "inference" / "overlays").glob("*.png"))) == 2
+
+
+def test_rank_zero_reports_progress_to_the_owning_resource(synth_spec, tmp_path, monkeypatch):
+    from tests.trainer.test_engine_units import FakeApiServer
+
+    server = FakeApiServer()
+    monkeypatch.setenv("KUBECONFIG", str(server.kubeconfig(tmp_path / "kubeconfig")))
+    monkeypatch.delenv("KUBERNETES_SERVICE_HOST", raising=False)
+    monkeypatch.setenv("M2F_STATUS_TARGET", "m2f.example.com/v1alpha1/namespaces/ns1/mask2formertrains/run1")
+    try:
+        assert main(["train", "-e", str(synth_spec), f"results_dir={tmp_path}", "train.num_epochs=2",
+                     "train.metrics_port=0"]) == 0
+    finally:
+        server.close()
+    assert server.requests, "no status patch was sent"
+    method, path, content_type, body = server.requests[-1]
+    assert (method, content_type) == ("PATCH", "application/merge-patch+json")
+    assert path == "/apis/m2f.example.com/v1alpha1/namespaces/ns1/mask2formertrains/run1/status"
+    progress = body["status"]["progress"]
+    assert progress["epoch"] == 2 and progress["totalEpochs"] == 2 and progress["step"] == 4
+    assert progress["loss"] > 0 and progress["imagesPerSecond"] > 0 and progress["updateTime"].endswith("Z")
+    assert progress["lastMetric"]["name"] == "PQ" and 0 <= progress["lastMetric"]["value"] <= 1
+    assert len(server.requests) <= 3  # at most one patch per 10 s, plus the final state

@@ -98,6 +98,8 @@ def read_model_weights(path: str | os.PathLike, field: str) -> dict[str, torch.T
         payload = payload["model"]
     if not isinstance(payload, dict) or not all(isinstance(v, torch.Tensor) for v in payload.values()):
         raise UserError(f"{field}: {path} holds no model state_dict")
+    if payload and all(k.startswith("model.") for k in payload):  # a LightningModule holding `self.model`
+        payload = {k.removeprefix("model."): v for k, v in payload.items()}
     return payload
 
 
