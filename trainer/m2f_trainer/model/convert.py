@@ -201,8 +201,12 @@ def read_hf(directory: Path) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
         raise UserError(f"convert-checkpoint: {config_path} is not valid JSON: {exc}") from exc
     safetensors_path, bin_path = directory / "model.safetensors", directory / "pytorch_model.bin"
     if safetensors_path.is_file():
-        from safetensors.torch import load_file
-
+        try:
+            from safetensors.torch import load_file
+        except ImportError:
+            raise UserError(
+                f"convert-checkpoint: reading {safetensors_path} needs the safetensors package (pip install safetensors)"
+            ) from None
         state = load_file(str(safetensors_path))
     elif bin_path.is_file():
         state = torch.load(bin_path, map_location="cpu", weights_only=True)
