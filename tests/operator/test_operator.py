@@ -176,3 +176,26 @@ def test_export_waits_for_train_then_onnx_then_engine(cluster):
     status = cluster.wait_phase(ns, "Mask2FormerExport", "exp", "Succeeded")
     assert status["artifacts"]["engineFile"] == "/results/export/exp/model.engine"
     assert cluster.condition(ns, "Mask2FormerExport", "exp", "EngineBuilt")["status"] == "True"
+
+
+def test_kubectl_apply_example_then_get_shows_printer_columns(cluster, repo_root):
+    ns = cluster.namespace()
+    cluster.kubectl("apply", "-n", ns, "-f", str(repo_root / "examples" / "train.yaml"))
+    cluster.wait_pods(ns, ["coco-swint-worker-0", "coco-swint-worker-1"])
+    pod = next(p for p in cluster.pods(ns) if p.metadata.name == "coco-swint-worker-0")
+    assert pod.spec.containers[0].resources.limits[meta.GPU_RESOURCE] == "8"
+    table = cluster.kubectl("get", "m2ftrain", "-n", ns)
+    header = table.splitlines()[0].split()
+    assert header[:2] == ["NAME", "PHASE"] and {"NODES", "EPOCH", "TOTAL", "METRIC", "RESTARTS", "AGE"} <= set(header)
+    assert table.splitlines()[1].split()[:3] == ["coco-swint", "Created", "2"]
+    # Rank 0's progress patch (what the trainer's reporter sends) shows up in the columns.
+    cluster.custom.patch_namespaced_custom_object_status(
+        meta.GROUP, meta.VERSION, ns, "mask2formertrains", "coco-swint",
+        {"status": {"progress": {"epoch": 3, "totalEpochs": 50, "lastMetric": {"name": "PQ", "value": 41.5}}}})
+    row = cluster.kubectl("get", "mask2former", "-n", ns).splitlines()[1].split()
+    assert {"3", "50", "PQ", "41.5"} <= set(row)
+    # The operator's next status write keeps the trainer's progress.
+    cluster.set_pod(ns, "coco-swint-worker-0", "Running")
+    cluster.set_pod(ns, "coco-swint-worker-1", "Running")
+    status = cluster.wait_phase(ns, TRAIN, "coco-swint", "Running")
+    assert status["progress"]["epoch"] == 3
