@@ -17,7 +17,11 @@ def train_crd() -> dict:
                       "shortNames": ["m2ft"], "categories": ["mask2former"]},
             "versions": [{
                 "name": VERSION, "served": True, "storage": True,
-                "schema": {"openAPIV3Schema": {"type": "object", "x-kubernetes-preserve-unknown-fields": True}},
+                "schema": {"openAPIV3Schema": {"type": "object", "x-kubernetes-preserve-unknown-fields": True,
+                                               "properties": {"spec": {"type": "object", "properties": {
+                                                   "experiment": {"type": "object", "x-kubernetes-validations": [
+                                                       {"rule": "self == oldSelf",
+                                                        "message": "spec.experiment is immutable"}]}}}}}},
                 "subresources": {"status": {}},
                 "additionalPrinterColumns": [
                     {"name": "Phase", "type": "string", "jsonPath": ".status.phase"},

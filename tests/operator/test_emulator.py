@@ -144,8 +144,11 @@ def test_patch_flavours(core):
 def test_merge_patch_null_deletes_and_json_patch_errors(custom):
     custom.create_namespaced_custom_object(GROUP, VERSION, "default", PLURAL, train("t1"))
     merged = custom.patch_namespaced_custom_object(GROUP, VERSION, "default", PLURAL, "t1",
-                                                   {"spec": {"experiment": None}})
-    assert merged["spec"] == {"nodes": 2}
+                                                   {"spec": {"nodes": None}})
+    assert merged["spec"] == {"experiment": {"a": 1}}
+    immutable = _error(lambda: custom.patch_namespaced_custom_object(
+        GROUP, VERSION, "default", PLURAL, "t1", {"spec": {"experiment": None}}))  # the CRD's CEL rule
+    assert (immutable.status, _reason(immutable)) == (422, "Invalid") and "immutable" in _message(immutable)
     bad = _error(lambda: custom.patch_namespaced_custom_object(
         GROUP, VERSION, "default", PLURAL, "t1", [{"op": "replace", "path": "/spec/missing/x", "value": 1}],
         _content_type="application/json-patch+json"))

@@ -110,3 +110,13 @@ def test_imperative_create_commands_send_protobuf_the_emulator_decodes(kubectl):
         "serviceaccount/default", "serviceaccount/worker"]
     refused = kubectl("create", "deployment", "web", "--image=nginx", check=False)
     assert refused.returncode == 1 and "use `kubectl apply -f`" in refused.stderr
+
+
+def test_cel_immutability_rule_rejects_changes_to_the_experiment(kubectl, crd_applied, tmp_path):
+    kubectl("apply", "-f", _write(tmp_path, "t.yaml", train("demo")))
+    changed = kubectl("patch", "m2ft", "demo", "--type=merge", "-p", '{"spec":{"experiment":{"a":2}}}', check=False)
+    assert changed.returncode == 1
+    assert ('The Mask2FormerTrain "demo" is invalid: spec.experiment: Invalid value: "object": '
+            "spec.experiment is immutable") in changed.stderr
+    kubectl("patch", "m2ft", "demo", "--type=merge", "-p", '{"spec":{"suspend":true}}')  # other fields may change
+    assert json.loads(kubectl("get", "m2ft", "demo", "-o", "json").stdout)["spec"]["experiment"] == {"a": 1}

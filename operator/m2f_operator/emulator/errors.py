@@ -32,5 +32,11 @@ def conflict(rtype: ResourceType, name: str, why: str) -> ApiError:
 
 
 def invalid(rtype: ResourceType, name: str, why: str) -> ApiError:
-    return ApiError(422, "Invalid", f'{rtype.kind} "{name}" is invalid: {why}',
-                    {"name": name, "group": rtype.group, "kind": rtype.kind})
+    """422 Invalid; `why` is "field: detail" parts joined by "; ", also listed as causes (kubectl prints them)."""
+    kind = f"{rtype.kind}.{rtype.group}" if rtype.group else rtype.kind  # e.g. Mask2FormerTrain.mask2former.io
+    causes = []
+    for part in why.split("; "):
+        field, _, detail = part.partition(": ")
+        causes.append({"reason": "FieldValueInvalid", "message": detail or part, "field": field if detail else ""})
+    return ApiError(422, "Invalid", f'{kind} "{name}" is invalid: {why}',
+                    {"name": name, "group": rtype.group, "kind": rtype.kind, "causes": causes})

@@ -22,6 +22,8 @@ class ResourceType:
     subresources: tuple[str, ...] = ()
     # CRD printer columns: ({"name","type","jsonPath",...}, ...) as in the CRD version entry.
     printer_columns: tuple[dict, ...] = field(default=(), compare=False, hash=False)
+    # (field path, message) of CEL transition rules `self == oldSelf`: the only rule form enforced.
+    immutable_rules: tuple[tuple[tuple[str, ...], str], ...] = field(default=(), compare=False, hash=False)
 
     @property
     def api_version(self) -> str:
@@ -107,5 +109,36 @@ def types_from_crd(crd: dict) -> list[ResourceType]:
             categories=tuple(names.get("categories") or ()),
             subresources=subresources,
             printer_columns=tuple(version.get("additionalPrinterColumns") or ()),
+            immutable_rules=tuple(_immutable_rules((version.get("schema") or {}).get("openAPIV3Schema") or {})),
         ))
     return result
+
+
+def _immutable_rules(schema: dict, path: tuple[str, ...] = ()) -> list[tuple[tuple[str, ...], str]]:
+    """(object-property path, message) of each CEL rule `self == oldSelf` (immutable once set)."""
+    found = []
+    for rule in schema.get("x-kubernetes-validations") or []:
+        if "".join(str(rule.get("rule", "")).split()) == "self==oldSelf" and path:
+            found.append((path, rule.get("message") or "Invalid value: failed rule: self == oldSelf"))
+    for name, child in (schema.get("properties") or {}).items():
+        if isinstance(child, dict):
+            found += _immutable_rules(child, (*path, name))
+    return found
+
+
+_MISSING = object()
+
+
+def _lookup(obj: object, path: tuple[str, ...]) -> object:
+    for key in path:
+        if not isinstance(obj, dict) or key not in obj:
+            return _MISSING
+        obj = obj[key]
+    return obj
+
+
+def immutability_violations(rtype: ResourceType, old: dict, new: dict) -> list[str]:
+    """`<path>: Invalid value: "object": <message>` for each immutable field an update changes."""
+    return [f'{".".join(path)}: Invalid value: "object": {message}'
+            for path, message in rtype.immutable_rules
+            if _lookup(old, path) is not _MISSING and _lookup(old, path) != _lookup(new, path)]

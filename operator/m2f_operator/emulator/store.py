@@ -17,7 +17,12 @@ from collections.abc import Iterator
 from m2f_operator.emulator import defaults
 from m2f_operator.emulator.errors import ApiError, conflict, invalid, not_found, qualified
 from m2f_operator.emulator.patches import PatchError, apply_patch
-from m2f_operator.emulator.resources import BUILTIN_TYPES, ResourceType, types_from_crd
+from m2f_operator.emulator.resources import (
+    BUILTIN_TYPES,
+    ResourceType,
+    immutability_violations,
+    types_from_crd,
+)
 from m2f_operator.emulator.selectors import parse_field_selector, parse_label_selector
 from m2f_operator.emulator.watches import Watcher, WatchEvent
 
@@ -243,6 +248,9 @@ class ObjectStore:
                                                     f"{rtype.plural}/{subresource}")
         else:
             new = self._merge_main_resource(rtype, current, body)
+            violations = immutability_violations(rtype, current, new)
+            if violations:
+                raise invalid(rtype, name, "; ".join(violations))
         if new == current:
             return self._served(rtype, current)  # no-op writes keep the resourceVersion, emit no event
         if rtype == CRD_TYPE:
