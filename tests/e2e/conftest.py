@@ -1,106 +1,78 @@
 """End-to-end fixtures: the embedded dev cluster (API emulator + local kubelet + real operator), kubectl
-bound to it, and a tiny synthetic COCO-panoptic dataset on its `datasets` PVC."""
+and a Kubernetes API watch recorder bound to it, and a tiny synthetic COCO-panoptic dataset on its
+`datasets` PVC."""
 
 from __future__ import annotations
 
-import json
 import shutil
 import subprocess
 import sys
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-import yaml
+from e2e_helpers import KUBECTL, NAMESPACE, OPERATOR_ENV, ClusterEnv, Kubectl, Recorder
 from m2f_operator.devcluster import DevCluster
 
-REPO_ROOT = Path(__file__).resolve().parents[2]
-KUBECTL = shutil.which("kubectl", path=str(Path(sys.executable).parent)) or shutil.which("kubectl")
-NAMESPACE = "default"
-# Fault tests want the operator to notice a stuck-Terminating pod quickly.
-OPERATOR_ENV = {"M2F_STUCK_TERMINATING_SECONDS": "5", "M2F_RESYNC_SECONDS": "2"}
+DATASET_IN_PODS = "/datasets/synth"
+
+
+@pytest.fixture(scope="session")
+def synthetic_dataset_dir(tmp_path_factory) -> Path:
+    """`m2f data synth`: 8 COCO-panoptic images of 64x64 (train and val share them), made once."""
+    target = tmp_path_factory.mktemp("e2e-data") / "synth"
+    subprocess.run([sys.executable, "-m", "m2f_trainer.cli", "data", "synth", "--type", "coco_panoptic",
+                    "--num-images", "8", "--size", "64x64", "--seed", "0", "--out", str(target)],
+                   check=True, capture_output=True, timeout=300)
+    return target
+
+
+def _start_cluster(data_dir: Path, dataset: Path) -> DevCluster:
+    if KUBECTL is None:
+        pytest.skip("kubectl is not installed (make install puts it in .venv/bin)")
+    shutil.copytree(dataset, data_dir / "pvc" / NAMESPACE / "datasets" / "synth")
+    return DevCluster(data_dir, operator_env=dict(OPERATOR_ENV)).start()
 
 
 @pytest.fixture(scope="module")
-def dev_cluster(tmp_path_factory) -> Iterator[DevCluster]:
-    """One dev cluster per test module: two local nodes, CRDs installed, the operator running."""
-    if KUBECTL is None:
-        pytest.skip("kubectl is not installed (make install puts it in .venv/bin)")
-    with DevCluster(tmp_path_factory.mktemp("devcluster"), operator_env=dict(OPERATOR_ENV)) as cluster:
+def dev_cluster(tmp_path_factory, synthetic_dataset_dir) -> Iterator[DevCluster]:
+    """One dev cluster per test module: two local nodes, CRDs installed, the operator running, the
+    synthetic dataset on its `datasets` PVC."""
+    cluster = _start_cluster(tmp_path_factory.mktemp("devcluster"), synthetic_dataset_dir)
+    try:
         yield cluster
-
-
-class Kubectl:
-    """Real kubectl against the dev cluster: ``kubectl("get", "pods")``, ``kubectl.json("get", "m2ft", "x")``."""
-
-    def __init__(self, cluster: DevCluster):
-        self.argv = [KUBECTL, "--kubeconfig", str(cluster.kubeconfig)]
-
-    def __call__(self, *args: str, check: bool = True, timeout: float = 60, input: str | None = None):
-        result = subprocess.run([*self.argv, *args], capture_output=True, text=True, timeout=timeout, input=input)
-        if check and result.returncode != 0:
-            raise AssertionError(f"kubectl {' '.join(args)} failed ({result.returncode}): {result.stderr}")
-        return result
-
-    def json(self, *args: str) -> dict:
-        return json.loads(self(*args, "-o", "json").stdout)
-
-    def apply(self, manifest: dict) -> subprocess.CompletedProcess:
-        return self("apply", "-f", "-", input=yaml.safe_dump(manifest))
-
-    def wait_for(self, predicate: Callable[[], object], timeout: float, what: str, interval: float = 1.0):
-        """Poll `predicate` (through kubectl) until it returns something truthy."""
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            value = predicate()
-            if value:
-                return value
-            time.sleep(interval)
-        raise AssertionError(f"timed out after {timeout:.0f}s waiting for {what}")
+    finally:
+        cluster.stop()
 
 
 @pytest.fixture()
 def kubectl(dev_cluster: DevCluster) -> Kubectl:
-    return Kubectl(dev_cluster)
+    return Kubectl(dev_cluster.kubeconfig)
 
 
 @pytest.fixture(scope="module")
 def synthetic_panoptic(dev_cluster: DevCluster) -> str:
-    """`m2f data synth` into the cluster's `datasets` PVC; returns the path pods see (/datasets/synth)."""
-    target = dev_cluster.data_dir / "pvc" / NAMESPACE / "datasets" / "synth"
-    if not (target / "annotations").is_dir():
-        subprocess.run([sys.executable, "-m", "m2f_trainer.cli", "data", "synth", "--type", "coco_panoptic",
-                        "--num-images", "4", "--size", "64x64", "--out", str(target)], check=True,
-                       capture_output=True, timeout=300)
-    return "/datasets/synth"
+    """The dataset folder as pods see it (the `datasets` claim mounted at /datasets)."""
+    return DATASET_IN_PODS
 
 
-def tiny_experiment(dataset: str, *, nodes: int = 2, epochs: int = 2) -> dict:
-    """examples/specs/tiny_cpu_panoptic.yaml with its data on the datasets volume."""
-    text = (REPO_ROOT / "examples" / "specs" / "tiny_cpu_panoptic.yaml").read_text()
-    spec = yaml.safe_load(text.replace("./data/synth_panoptic", dataset))
-    spec.pop("results_dir", None)  # the operator chooses it on the results volume
-    spec["train"]["num_epochs"] = epochs
-    spec["train"]["num_nodes"] = nodes
-    return spec
+@pytest.fixture(scope="module")
+def cluster_env(dev_cluster: DevCluster) -> Iterator[ClusterEnv]:
+    recorder = Recorder(dev_cluster.kubeconfig).start()
+    try:
+        yield ClusterEnv(dev_cluster, Kubectl(dev_cluster.kubeconfig), recorder, DATASET_IN_PODS)
+    finally:
+        recorder.stop()
 
 
-def train_manifest(name: str, experiment: dict, *, nodes: int = 2, **spec: object) -> dict:
-    """A Mask2FormerTrain on the dev cluster: CPU workers, datasets and results on PVCs."""
-    return {
-        "apiVersion": "mask2former.io/v1alpha1", "kind": "Mask2FormerTrain", "metadata": {"name": name},
-        "spec": {
-            "nodes": nodes, "gpusPerNode": 0,
-            "volumes": [{"name": "datasets", "persistentVolumeClaim": {"claimName": "datasets"}},
-                        {"name": "results", "persistentVolumeClaim": {"claimName": "results"}}],
-            "volumeMounts": [{"name": "datasets", "mountPath": "/datasets"},
-                             {"name": "results", "mountPath": "/results"}],
-            "experiment": experiment, **spec,
-        },
-    }
-
-
-def results_dir(cluster: DevCluster, kind_task: str, name: str) -> Path:
-    """Where the operator's per-resource results_dir (/results/<task>/<name>) lands locally."""
-    return cluster.data_dir / "pvc" / NAMESPACE / "results" / kind_task / name
+@pytest.fixture(scope="module")
+def lost_node_env(tmp_path_factory, synthetic_dataset_dir) -> Iterator[ClusterEnv]:
+    """A second dev cluster for the lost-node fault: a lost node stays lost and would freeze the pods of
+    any other job bound to it."""
+    cluster = _start_cluster(tmp_path_factory.mktemp("devcluster-lost"), synthetic_dataset_dir)
+    recorder = Recorder(cluster.kubeconfig).start()
+    try:
+        yield ClusterEnv(cluster, Kubectl(cluster.kubeconfig), recorder, DATASET_IN_PODS)
+    finally:
+        recorder.stop()
+        cluster.stop()
