@@ -291,3 +291,16 @@ async def test_kmock_dsl_reactions_inject_faults_over_the_store(k8s_emulator_asy
         async with session.get(url) as listed:
             assert [item["metadata"]["name"] for item in (await listed.json())["items"]] == ["a"]
     assert len(list(api["post"])) == 1  # kmock's request log stays available for assertions
+
+
+def test_dry_run_changes_nothing_and_rbac_names_may_hold_colons(k8s_client, core):
+    crds = kubernetes.client.ApiextensionsV1Api(k8s_client)
+    crds.create_custom_resource_definition(train_crd(), dry_run="All")
+    assert _error(lambda: crds.read_custom_resource_definition(f"{PLURAL}.{GROUP}")).status == 404
+    groups = [g.name for g in kubernetes.client.ApisApi(k8s_client).get_api_versions().groups]
+    assert GROUP not in groups  # a dry-run CRD registers nothing
+    core.create_namespaced_config_map("default", {"metadata": {"name": "a"}}, dry_run="All")
+    assert core.list_namespaced_config_map("default").items == []
+    rbac = kubernetes.client.RbacAuthorizationV1Api(k8s_client)
+    rbac.create_cluster_role({"metadata": {"name": "mask2former:worker"}, "rules": []})
+    assert rbac.read_cluster_role("mask2former:worker").metadata.name == "mask2former:worker"

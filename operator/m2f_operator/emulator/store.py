@@ -113,7 +113,9 @@ class ObjectStore:
         name = meta.get("name") or ""
         if not name:
             raise invalid(rtype, name, "metadata.name: Required value: name or generateName is required")
-        if len(name) > 253 or not _DNS_SUBDOMAIN.match(name):
+        # RBAC objects only need path-segment names ("system:aggregate-to-edit"); the rest RFC 1123.
+        path_segment = rtype.group == "rbac.authorization.k8s.io" and name not in (".", "..") and not set(name) & set("/%")
+        if len(name) > 253 or not (path_segment or _DNS_SUBDOMAIN.match(name)):
             raise invalid(rtype, name, f"metadata.name: Invalid value: {name!r}: a lowercase RFC 1123 "
                                        "subdomain must consist of lower case alphanumeric characters, '-' or '.'")
         if (namespace or "", name) in self._objects[rtype.storage_key]:
@@ -132,7 +134,7 @@ class ObjectStore:
             obj.pop("status", None)  # custom resources with a status subresource ignore it on create
         self._apply_create_defaults(rtype, obj)
         if rtype == CRD_TYPE:
-            self._register_crd(obj)
+            self._register_crd(obj, dry_run=dry_run)
         if dry_run:
             return self._served(rtype, obj)
         self._store(rtype, obj, "ADDED", old=None)
@@ -178,7 +180,8 @@ class ObjectStore:
         index = next(self._service_ips)
         return f"10.96.{index // 250}.{index % 250 + 1}"
 
-    def _register_crd(self, crd: dict) -> None:
+    def _register_crd(self, crd: dict, dry_run: bool = False) -> None:
+        """Validate a CRD and (unless a dry run) serve its versions instead of the previous ones."""
         name = crd["metadata"]["name"]
         try:
             new_types = types_from_crd(crd)
@@ -193,6 +196,8 @@ class ObjectStore:
             existing = self.find_type(rtype.group, rtype.version, rtype.plural)
             if existing is not None and existing in BUILTIN_TYPES:
                 raise invalid(CRD_TYPE, name, f"spec.group: {rtype.group}/{rtype.plural} is a built-in resource")
+        if dry_run:
+            return
         for key in [key for key, t in self.types.items() if (t.group, t.plural) == (spec["group"], spec["names"]["plural"])]:
             del self.types[key]
         for rtype in new_types:
@@ -254,7 +259,7 @@ class ObjectStore:
         if new == current:
             return self._served(rtype, current)  # no-op writes keep the resourceVersion, emit no event
         if rtype == CRD_TYPE:
-            self._register_crd(new)
+            self._register_crd(new, dry_run=dry_run)
         if dry_run:
             return self._served(rtype, new)
         self._store(rtype, new, "MODIFIED", old=current)
