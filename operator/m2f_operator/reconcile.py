@@ -135,7 +135,9 @@ class _Reconciler:
                 continue
             stage_pods = [p for p in current if p.role == stage.role]
             # 7. Failure policy: permanent -> Failed; otherwise restart the whole gang within backoffLimit.
-            decision = decide_failure(self.spec, attempt, stage_pods, self.observed.now, self.observed.stuck_margin)
+            vanished = self._vanished(stage, stage_pods)
+            decision = decide_failure(self.spec, attempt, stage_pods, self.observed.now, self.observed.stuck_margin,
+                                      vanished)
             if decision is not None:
                 self._apply_failure(decision, current, attempt)
                 return
@@ -201,6 +203,14 @@ class _Reconciler:
             elif not pod.terminating:
                 self.plan.deletes.append((pod.name, False))
         self._count_workers(current)
+
+    def _vanished(self, stage: Stage, stage_pods: list[PodView]) -> tuple[str, ...]:
+        """Pods of a gang that was Running and are gone (our index drops a pod only once it is deleted)."""
+        if self.draft.phase != st.RUNNING or not stage_pods:
+            return ()
+        present = {p.index for p in stage_pods}
+        name = self.observed.body["metadata"]["name"]
+        return tuple(meta.pod_name(name, stage.role, i) for i in range(stage.replicas) if i not in present)
 
     def _record_stage(self, stage: Stage, stage_pods: list[PodView]) -> None:
         rank0 = next((p for p in stage_pods if p.index == 0), None)

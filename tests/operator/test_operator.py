@@ -111,6 +111,19 @@ def test_stuck_terminating_pod_on_a_lost_node_restarts_the_gang(cluster):
     cluster.lost_namespaces.discard(ns)
 
 
+def test_force_deleted_worker_restarts_the_gang(cluster):
+    ns = cluster.namespace()
+    cluster.create(ns, TRAIN, "run", train_spec())
+    cluster.wait_pods(ns, ["run-worker-0", "run-worker-1"], attempt=0)
+    for name in ("run-worker-0", "run-worker-1"):
+        cluster.set_pod(ns, name, "Running")
+    cluster.wait_phase(ns, TRAIN, "run", "Running")
+    # `kubectl delete pod --force --grace-period=0`, as done for pods of a dead node.
+    cluster.core.delete_namespaced_pod("run-worker-1", ns, grace_period_seconds=0)
+    cluster.wait_pods(ns, ["run-worker-0", "run-worker-1"], attempt=1)
+    assert cluster.status(ns, TRAIN, "run")["restarts"] == 1
+
+
 def test_suspend_and_resume(cluster):
     ns = cluster.namespace()
     cluster.create(ns, TRAIN, "run", train_spec())

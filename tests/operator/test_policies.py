@@ -62,6 +62,16 @@ def test_failure(spec, restarts, pods, expected):
     assert (decision and (decision.action, decision.reason)) == expected
 
 
+@pytest.mark.parametrize(
+    ("spec", "restarts", "expected"),
+    [({}, 0, ("restart", "GangRestart")), ({"backoffLimit": 1}, 1, ("fail", "BackoffLimitExceeded"))],
+)
+def test_a_vanished_pod_of_a_running_gang_is_a_failure(spec, restarts, expected):
+    decision = decide_failure(spec, restarts, views([pod(index=0, attempt=restarts)]), NOW, vanished=("run-worker-1",))
+    assert (decision.action, decision.reason) == expected
+    assert "run-worker-1 of the running gang disappeared" in decision.message
+
+
 def test_failure_message_carries_termination_message_and_forces_lost_pods():
     pods = [pod(index=0, phase="Failed", exit_code=2, message="error: dataset.train.panoptic_json: not found"),
             pod(index=1, deleting_since=timedelta(minutes=10))]

@@ -61,6 +61,16 @@ def test_partial_gang_is_completed_without_touching_existing_pods():
     assert plan.deletes == []
 
 
+def test_a_pod_vanishing_from_a_running_gang_restarts_it():
+    body = applied(resource(nodes=2), run(resource(nodes=2)))
+    body = applied(body, run(body, gang()))
+    assert body["status"]["phase"] == "Running"
+    plan = run(body, [pod(index=0)])  # run-worker-1 was force-deleted with its node
+    assert plan.phase == "Restarting" and plan.gang_restarted and plan.creates == []
+    assert plan.deletes == [("run-worker-0", False)]
+    assert "run-worker-1 of the running gang disappeared" in applied(body, plan)["status"]["message"]
+
+
 def test_success_records_artifacts_and_completion():
     body = applied(resource(nodes=2), run(resource(nodes=2)))
     plan = run(body, gang(phase="Succeeded", exit_code=0))
@@ -237,7 +247,6 @@ def test_fixing_an_operator_field_leaves_invalid_spec():
 
 def test_events_of_a_plan_are_valid_kubernetes_events():
     import kubernetes_validate
-
     from m2f_operator.client import build_event
 
     plan = run(resource(nodes=1))

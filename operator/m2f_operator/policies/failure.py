@@ -43,17 +43,25 @@ def is_permanent(spec: dict, pod: PodView) -> bool:
 
 
 def decide_failure(spec: dict, restarts: int, pods: list[PodView], now: datetime,
-                   stuck_margin: timedelta = STUCK_TERMINATING_MARGIN) -> FailureDecision | None:
-    """`pods` are the current attempt's pods; `restarts` the gang restarts already made."""
+                   stuck_margin: timedelta = STUCK_TERMINATING_MARGIN,
+                   vanished: tuple[str, ...] = ()) -> FailureDecision | None:
+    """`pods` are the current attempt's pods; `restarts` the gang restarts already made; `vanished`
+    the pods of a gang that was running and are gone (force-deleted with their lost node, or by
+    hand): their peers would wait in the rendezvous until a collective timeout, so the gang restarts."""
     failed = [pod for pod in pods if pod.phase == "Failed"]
     stuck = [pod for pod in pods if pod.stuck_terminating(now, stuck_margin) and pod.phase != "Succeeded"]
-    if not failed and not stuck:
+    if not failed and not stuck and not vanished:
         return None
     force = frozenset(pod.name for pod in stuck)
     permanent = [pod for pod in failed if is_permanent(spec, pod)]
     if permanent:
         return FailureDecision("fail", "PermanentError", _describe(permanent[0]), force)
-    cause = _describe(failed[0]) if failed else f"pod {stuck[0].name} is stuck terminating (node lost)"
+    if failed:
+        cause = _describe(failed[0])
+    elif stuck:
+        cause = f"pod {stuck[0].name} is stuck terminating (node lost)"
+    else:
+        cause = f"pod {vanished[0]} of the running gang disappeared"
     backoff_limit = int(spec.get("backoffLimit", DEFAULT_BACKOFF_LIMIT))
     if restarts >= backoff_limit:
         return FailureDecision("fail", "BackoffLimitExceeded", f"{cause}; backoffLimit {backoff_limit} reached", force)
