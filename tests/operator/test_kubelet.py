@@ -270,3 +270,14 @@ def test_kubectl_logs_follow_and_wide_listing(cluster, tmp_path):
     wide = subprocess.run([kubectl, "--kubeconfig", kubeconfig, "get", "pod", "chatty", "-o", "wide", "--no-headers"],
                           capture_output=True, text=True, timeout=30).stdout.split()
     assert wide[2] == "Completed" and wide[5] == "127.0.0.1" and wide[6] in NODES
+
+
+def test_init_containers_run_first_and_logs_have_tails(cluster):
+    core, _, _ = cluster
+    pod = _pod("staged", "print('a'); print('b'); print('c')")
+    pod["spec"]["initContainers"] = [{"name": "init", "image": "x", "command": ["python", "-c", "print('init done')"]}]
+    core.create_namespaced_pod("default", pod)
+    done = _wait(core, "staged", lambda p: p and p.status.phase == "Succeeded")
+    assert done.status.init_container_statuses[0].state.terminated.reason == "Completed"
+    assert core.read_namespaced_pod_log("staged", "default", container="init") == "init done\n"
+    assert core.read_namespaced_pod_log("staged", "default", tail_lines=2) == "b\nc\n"

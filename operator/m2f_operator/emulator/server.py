@@ -313,19 +313,24 @@ class Emulator(kmock.KubernetesScaffold):
 
     def _pod_log(self, rtype: ResourceType, namespace: str | None, name: str, params: dict) -> rendering.Response:
         pod = self.store.get(rtype, namespace, name)
-        containers = [c["name"] for c in pod.get("spec", {}).get("containers", [])]
+        spec = pod.get("spec", {})
+        containers = [c["name"] for c in spec.get("containers", [])]
+        valid = containers + [c["name"] for c in spec.get("initContainers", [])]
         container = params.get("container") or (containers[0] if len(containers) == 1 else None)
         if container is None:
             raise ApiError(400, "BadRequest", f"a container name must be specified for pod {name}, "
                                               f"choose one of: {containers}")
-        if container not in containers:
+        if container not in valid:
             raise ApiError(400, "BadRequest", f"container {container} is not valid for pod {name}")
         path = (self.log_dir / (namespace or "") / name / f"{container}.log") if self.log_dir else None
         if path is None or not path.is_file():
             raise ApiError(400, "BadRequest", f'container "{container}" in pod "{name}" is waiting to start')
         text = path.read_bytes()
         if params.get("tailLines"):
-            text = b"".join(text.splitlines(keepends=True)[-int(params["tailLines"]):])
+            if not params["tailLines"].isdigit():
+                raise ApiError(400, "BadRequest", f"tailLines must be a non-negative integer, not {params['tailLines']!r}")
+            lines = text.splitlines(keepends=True)
+            text = b"".join(lines[len(lines) - int(params["tailLines"]):]) if int(params["tailLines"]) else b""
         if params.get("follow") not in ("true", "1"):
             return rendering.Response(status=200, payload=text, headers={"Content-Type": "text/plain"})
         return rendering.Response(status=200, payload=self._follow_log(rtype, namespace, name, path, text),
