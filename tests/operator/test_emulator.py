@@ -304,3 +304,34 @@ def test_dry_run_changes_nothing_and_rbac_names_may_hold_colons(k8s_client, core
     rbac = kubernetes.client.RbacAuthorizationV1Api(k8s_client)
     rbac.create_cluster_role({"metadata": {"name": "mask2former:worker"}, "rules": []})
     assert rbac.read_cluster_role("mask2former:worker").metadata.name == "mask2former:worker"
+
+
+def test_watch_from_a_version_older_than_the_history_is_gone():
+    from m2f_operator.emulator import ApiError, ObjectStore
+
+    store = ObjectStore(watch_history=5)
+    configmaps = store.find_type("", "v1", "configmaps")
+    first = store.create(configmaps, "default", {"metadata": {"name": "first"}})["metadata"]["resourceVersion"]
+    for index in range(10):
+        store.create(configmaps, "default", {"metadata": {"name": f"cm{index}"}})
+    with pytest.raises(ApiError) as gone:
+        store.watch(configmaps, "default", first)
+    assert (gone.value.code, gone.value.reason) == (410, "Expired")
+    recent = store.watch(configmaps, "default", str(store.revision - 2))
+    assert [recent.queue.get_nowait()["object"]["metadata"]["name"] for _ in range(2)] == ["cm8", "cm9"]
+
+
+def test_watch_gone_over_http_is_an_error_event_in_a_200_stream():
+    import urllib.request
+
+    from m2f_operator.emulator import run_emulator
+
+    with run_emulator(watch_history=3) as api:
+        for index in range(6):
+            api.call(lambda store, index=index: store.create(
+                store.find_type("", "v1", "configmaps"), "default", {"metadata": {"name": f"c{index}"}}))
+        url = f"{api.url}/api/v1/namespaces/default/configmaps?watch=true&resourceVersion=1&timeoutSeconds=2"
+        with urllib.request.urlopen(url, timeout=10) as response:
+            assert response.status == 200 and response.headers["Content-Type"].startswith("application/json")
+            events = [json.loads(line) for line in response.read().splitlines()]
+    assert [(e["type"], e["object"]["code"], e["object"]["reason"]) for e in events] == [("ERROR", 410, "Expired")]

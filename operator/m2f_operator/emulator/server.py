@@ -29,7 +29,7 @@ from m2f_operator.emulator.patches import APPLY_PATCH, PATCH_TYPES
 from m2f_operator.emulator.paths import ApiPath, parse_api_path
 from m2f_operator.emulator.resources import ResourceType
 from m2f_operator.emulator.selectors import SelectorError
-from m2f_operator.emulator.store import ObjectStore
+from m2f_operator.emulator.store import WATCH_HISTORY, ObjectStore
 
 SERVER_VERSION = {
     "major": "1", "minor": "33", "gitVersion": "v1.33.0-m2f-emulator", "gitCommit": "", "gitTreeState": "clean",
@@ -59,6 +59,7 @@ class Emulator(kmock.KubernetesScaffold):
     # Pod logs for `kubectl logs`: <log_dir>/<namespace>/<pod>/<container>.log (the kubelet writes them).
     log_dir: Path | None = None
     kubeconfig_path: Path | None = None
+    watch_history: int = WATCH_HISTORY  # events kept for watches that resume from a resourceVersion
 
     store: ObjectStore = attrs.field(init=False)
     kubeconfig: Path | None = attrs.field(default=None, init=False)
@@ -66,7 +67,7 @@ class Emulator(kmock.KubernetesScaffold):
     _tmpdir: tempfile.TemporaryDirectory | None = attrs.field(default=None, init=False)
 
     def __attrs_post_init__(self) -> None:
-        self.store = ObjectStore(scheduler_nodes=tuple(self.scheduler_nodes))
+        self.store = ObjectStore(scheduler_nodes=tuple(self.scheduler_nodes), watch_history=self.watch_history)
         # Registered before the scaffold's discovery routes, so it wins for resource paths.
         self.fallback[self._is_resource_request] << self._serve_resource
         self.fallback["get", "/openapi/v3"] << (lambda: openapi.openapi_v3_index(self.store.served_types()))
@@ -361,8 +362,15 @@ class Emulator(kmock.KubernetesScaffold):
     def _watch(self, request: rendering.Request, rtype: ResourceType, namespace: str | None,
                field_selector: str) -> rendering.Response:
         params = request.params
-        watcher = self.store.watch(rtype, namespace, params.get("resourceVersion"),
-                                   params.get("labelSelector"), field_selector)
+        try:
+            watcher = self.store.watch(rtype, namespace, params.get("resourceVersion"),
+                                       params.get("labelSelector"), field_selector)
+        except ApiError as exc:
+            if exc.code != 410:
+                raise
+            # As the API server does: a 200 stream whose only event is the 410 Expired Status.
+            return rendering.Response(status=200, payload=iter([{"type": "ERROR", "object": exc.status()}]),
+                                      headers=JSON_HEADERS)
         timeout = float(params["timeoutSeconds"]) if params.get("timeoutSeconds") else None
         as_table = tables.wants_table(request.headers)
 

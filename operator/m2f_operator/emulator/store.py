@@ -32,18 +32,18 @@ NAMESPACE_TYPE = next(t for t in BUILTIN_TYPES if t.plural == "namespaces")
 SERVICE_ACCOUNT_TYPE = next(t for t in BUILTIN_TYPES if t.plural == "serviceaccounts")
 NODE_TYPE = next(t for t in BUILTIN_TYPES if t.plural == "nodes")
 INITIAL_NAMESPACES = ("default", "kube-system", "kube-public", "kube-node-lease")
-WATCH_HISTORY = 50_000  # events kept for watches resuming from an older resourceVersion
+WATCH_HISTORY = 10_000  # events kept for watches resuming from an older resourceVersion (410 Gone beyond)
 
 
 class ObjectStore:
     """All objects by (group, plural) -> (namespace, name), one global resourceVersion counter."""
 
-    def __init__(self, scheduler_nodes: tuple[str, ...] = ()):
+    def __init__(self, scheduler_nodes: tuple[str, ...] = (), watch_history: int = WATCH_HISTORY):
         self.types: dict[tuple[str, str, str], ResourceType] = {}
         self._objects: dict[tuple[str, str], dict[tuple[str, str], dict]] = collections.defaultdict(dict)
         self._by_uid: dict[str, tuple[ResourceType, str, str]] = {}
         self._revision = 0
-        self._history: collections.deque[WatchEvent] = collections.deque(maxlen=WATCH_HISTORY)
+        self._history: collections.deque[WatchEvent] = collections.deque(maxlen=watch_history)
         self._watchers: set[Watcher] = set()
         self._service_ips = itertools.count(10)
         self._scheduler_nodes = tuple(scheduler_nodes)
