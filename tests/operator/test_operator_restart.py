@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import pytest
 from m2f_operator import metrics
 from operator_harness import emulated_cluster, running_operator
 from reconcile_factories import TINY_EXPERIMENT
 
 TRAIN = "Mask2FormerTrain"
+# Same xdist worker as test_operator.py: one in-process kopf operator at a time, less CPU contention.
+pytestmark = pytest.mark.xdist_group("m2f-operator-emulator")
 
 
 def test_operator_restart_creates_no_duplicate_pods():
