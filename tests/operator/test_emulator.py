@@ -335,3 +335,15 @@ def test_watch_gone_over_http_is_an_error_event_in_a_200_stream():
             assert response.status == 200 and response.headers["Content-Type"].startswith("application/json")
             events = [json.loads(line) for line in response.read().splitlines()]
     assert [(e["type"], e["object"]["code"], e["object"]["reason"]) for e in events] == [("ERROR", 410, "Expired")]
+
+
+def test_watch_list_initial_events_end_with_a_bookmark(k8s_emulator, core):
+    import urllib.request
+
+    core.create_namespaced_config_map("default", {"metadata": {"name": "a"}})
+    url = (f"{k8s_emulator.url}/api/v1/namespaces/default/configmaps?watch=true&sendInitialEvents=true"
+           "&allowWatchBookmarks=true&resourceVersionMatch=NotOlderThan&timeoutSeconds=1")
+    with urllib.request.urlopen(url, timeout=10) as response:
+        events = [json.loads(line) for line in response.read().splitlines()]
+    assert [e["type"] for e in events] == ["ADDED", "BOOKMARK"]
+    assert events[1]["object"]["metadata"]["annotations"] == {"k8s.io/initial-events-end": "true"}

@@ -364,7 +364,8 @@ class Emulator(kmock.KubernetesScaffold):
         params = request.params
         try:
             watcher = self.store.watch(rtype, namespace, params.get("resourceVersion"),
-                                       params.get("labelSelector"), field_selector)
+                                       params.get("labelSelector"), field_selector,
+                                       initial_events_bookmark=params.get("sendInitialEvents") == "true")
         except ApiError as exc:
             if exc.code != 410:
                 raise

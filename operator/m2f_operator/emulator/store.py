@@ -461,14 +461,21 @@ class ObjectStore:
             watcher.offer(event)
 
     def watch(self, rtype: ResourceType, namespace: str | None, resource_version: str | None,
-              label_selector: str | None = None, field_selector: str | None = None) -> Watcher:
-        """Open a watch. No/"0" resourceVersion: synthetic ADDED events for the current state first;
-        otherwise every change after that version (410 Gone if it is older than the kept history)."""
+              label_selector: str | None = None, field_selector: str | None = None,
+              initial_events_bookmark: bool = False) -> Watcher:
+        """Open a watch. No/"0" resourceVersion: synthetic ADDED events for the current state first
+        (then, for `sendInitialEvents`, a BOOKMARK annotated k8s.io/initial-events-end); otherwise every
+        change after that version (410 Gone if it is older than the kept history)."""
         watcher = Watcher(rtype, namespace, parse_label_selector(label_selector),
                           parse_field_selector(field_selector))
         if resource_version in (None, "", "0"):
             for obj in sorted(self._iter(rtype, namespace), key=lambda o: int(o["metadata"]["resourceVersion"])):
                 watcher.offer(WatchEvent(int(obj["metadata"]["resourceVersion"]), rtype.storage_key, "ADDED", obj))
+            if initial_events_bookmark:
+                watcher.queue.put_nowait({"type": "BOOKMARK", "object": {
+                    "kind": rtype.kind, "apiVersion": rtype.api_version, "metadata": {
+                        "resourceVersion": str(self._revision),
+                        "annotations": {"k8s.io/initial-events-end": "true"}}}})
         else:
             try:
                 since = int(resource_version)
