@@ -254,3 +254,21 @@ def test_events_of_a_plan_are_valid_kubernetes_events():
         manifest = build_event(resource(nodes=1), event, NOW)
         kubernetes_validate.validate(manifest, "1.30", strict=True)
         assert manifest["involvedObject"]["kind"] == "Mask2FormerTrain" and manifest["type"] == "Normal"
+
+
+def test_the_trainers_termination_summary_lands_in_status(tmp_path, monkeypatch):
+    """The contract end to end: `m2f evaluate` writes the summary, the operator reads the message."""
+    from m2f_trainer.tasks.termination import write_termination_summary
+
+    message_file = tmp_path / "termination-log"
+    monkeypatch.setenv("M2F_TERMINATION_MESSAGE_PATH", str(message_file))
+    metrics = {"mode": "panoptic", "PQ": 41.25, "SQ": 80.0, "RQ": 50.5, "PQ_th": float("nan"),
+               "per_class": {str(i): {"name": f"class-{i}", "PQ": 1.0} for i in range(133)}}
+    write_termination_summary(metrics, {"metrics_file": "/results/evaluate/ev/evaluate/metrics.json"})
+    assert len(message_file.read_bytes()) < 4096
+    body = resource("Mask2FormerEvaluate", name="ev")
+    body = applied(body, run(body))
+    plan = run(body, [pod("ev", 0, "Succeeded", exit_code=0, message=message_file.read_text())])
+    status = applied(body, plan)["status"]
+    assert status["metrics"] == {"PQ": 41.25, "SQ": 80.0, "RQ": 50.5}
+    assert status["artifacts"]["metricsFile"] == "/results/evaluate/ev/evaluate/metrics.json"

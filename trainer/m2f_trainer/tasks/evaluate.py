@@ -11,6 +11,7 @@ from m2f_trainer.config import parse_task_args, task_results_dir
 from m2f_trainer.engine.signals import EXIT_TERMINATED, is_termination, terminate_on_sigterm
 from m2f_trainer.errors import SpecError
 from m2f_trainer.tasks import setup_logging
+from m2f_trainer.tasks.termination import write_termination_summary
 
 log = logging.getLogger("m2f_trainer.evaluate")
 
@@ -30,6 +31,7 @@ def main(argv: list[str]) -> int:
     from m2f_trainer.evaluation.report import format_table
 
     print(format_table(metrics))
+    write_termination_summary(metrics, {"metrics_file": str(task_results_dir(cfg, "evaluate") / METRICS_FILE)})
     return 0
 
 
