@@ -36,3 +36,51 @@ def test_operator_restart_creates_no_duplicate_pods():
         assert {p.metadata.name: p.metadata.uid for p in after} == uids
         assert metrics.REGISTRY.get_sample_value("m2f_operator_pods_created_total", {"kind": TRAIN}) == created
         assert cluster.status(ns, TRAIN, "run")["restarts"] == 0
+
+
+def test_entry_point_serves_liveness_and_metrics_and_reconciles(tmp_path):
+    """`python -m m2f_operator` as the chart runs it: /healthz for the kubelet, /metrics for Prometheus."""
+    import os
+    import socket
+    import subprocess
+    import sys
+    import urllib.request
+
+    from operator_harness import OPERATOR_ENV, REPO_ROOT, wait_for
+
+    def free_port() -> int:
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            return s.getsockname()[1]
+
+    liveness, metrics_port = free_port(), free_port()
+
+    def get(port: int, path: str) -> str | None:
+        try:
+            return urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=5).read().decode()
+        except OSError:
+            return None
+
+    with emulated_cluster() as (cluster, emulator):
+        env = {**os.environ, **OPERATOR_ENV, "KUBECONFIG": str(emulator.kubeconfig), "M2F_WATCH_NAMESPACE": "",
+               "M2F_LIVENESS_PORT": str(liveness), "M2F_OPERATOR_METRICS_PORT": str(metrics_port),
+               "PYTHONPATH": os.pathsep.join([str(REPO_ROOT / "operator"), str(REPO_ROOT / "trainer")])}
+        log = tmp_path / "operator.log"
+        with open(log, "wb") as out:
+            process = subprocess.Popen([sys.executable, "-m", "m2f_operator"], env=env, stdout=out, stderr=out)
+        try:
+            wait_for(lambda: get(liveness, "/healthz") is not None or process.poll() is not None, 90, "/healthz")
+            assert process.poll() is None, log.read_text()[-3000:]
+            ns = cluster.namespace()
+            cluster.create(ns, TRAIN, "run", {"experiment": TINY_EXPERIMENT, "nodes": 1, "gpusPerNode": 0})
+            cluster.wait_pods(ns, ["run-worker-0"], timeout=60)
+            text = wait_for(lambda: (t := get(metrics_port, "/metrics")) and "m2f_operator_pods_created_total{" in t and t,
+                            30, "operator metrics")
+            assert 'm2f_operator_pods_created_total{kind="Mask2FormerTrain"} 1.0' in text
+            assert "m2f_operator_reconcile_duration_seconds_bucket" in text
+        finally:
+            process.terminate()
+            try:
+                process.wait(30)
+            except subprocess.TimeoutExpired:
+                process.kill()
