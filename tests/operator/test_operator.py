@@ -212,3 +212,15 @@ def test_kubectl_apply_example_then_get_shows_printer_columns(cluster, repo_root
     cluster.set_pod(ns, "coco-swint-worker-1", "Running")
     status = cluster.wait_phase(ns, TRAIN, "coco-swint", "Running")
     assert status["progress"]["epoch"] == 3
+
+
+def test_experiment_is_immutable_but_suspend_is_not(cluster):
+    from kubernetes.client.rest import ApiException
+
+    ns = cluster.namespace()
+    cluster.create(ns, TRAIN, "run", train_spec(nodes=1))
+    with pytest.raises(ApiException) as rejected:
+        cluster.patch_spec(ns, TRAIN, "run", {"experiment": {"train": {"num_epochs": 99}}})
+    assert rejected.value.status == 422 and "spec.experiment is immutable" in rejected.value.body
+    cluster.patch_spec(ns, TRAIN, "run", {"suspend": True})
+    cluster.wait_phase(ns, TRAIN, "run", "Suspended")
