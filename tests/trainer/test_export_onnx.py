@@ -14,10 +14,12 @@ import torch
 
 from m2f_trainer.cli import main
 from m2f_trainer.config import load_spec
+from m2f_trainer.data.build import build_dataset
+from m2f_trainer.data.collate import collate
 from m2f_trainer.data.synth import synthesize
 from m2f_trainer.export.onnx_runner import OnnxRunner
 from m2f_trainer.export.wrappers import OUTPUT_NAMES, ExportWrapper
-from m2f_trainer.model import build_model, load_model_checkpoint, save_model_checkpoint
+from m2f_trainer.model import build_criterion, build_model, load_model_checkpoint, save_model_checkpoint
 
 KIND_OF_MODE = {"panoptic": "coco_panoptic", "instance": "coco", "semantic": "semantic"}
 SIZE = 64
@@ -26,12 +28,22 @@ TINY = ["model.mask_former.dec_layers=2", f"export.input_height={SIZE}", f"expor
         "export.on_cpu=true"]
 
 
-def make_case(root: Path, mode: str) -> tuple[Path, Path]:
-    """A synthetic dataset of the mode (2 images, 64x64), its spec and a checkpoint of a seeded tiny model."""
+def make_case(root: Path, mode: str, fit_steps: int = 0) -> tuple[Path, Path]:
+    """A synthetic dataset of the mode (2 images, 64x64), its spec and a checkpoint of a seeded tiny model,
+    fitted to the two images for ``fit_steps`` AdamW steps (so that its predictions score above zero)."""
     spec = synthesize(KIND_OF_MODE[mode], root / mode, num_images=2, size=(SIZE, SIZE))
-    cfg = load_spec(spec, overrides=["model.mask_former.dec_layers=2"])
+    cfg = load_spec(spec, overrides=["model.mask_former.dec_layers=2", "model.mask_former.train_num_points=256"])
     torch.manual_seed(0)
     model = build_model(cfg)
+    if fit_steps:
+        images, targets, _ = collate([sample for sample in build_dataset(cfg, "train", train=False)])
+        criterion = build_criterion(cfg)
+        optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3)
+        for _ in range(fit_steps):
+            loss = sum(criterion(model(images), targets).values())
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
     checkpoint = root / f"{mode}.pth"
     save_model_checkpoint(checkpoint, model.state_dict(), model.model_config)
     return spec, checkpoint
