@@ -11,7 +11,6 @@ import numpy as np
 import onnx
 import pytest
 import torch
-
 from m2f_trainer.cli import main
 from m2f_trainer.config import load_spec
 from m2f_trainer.data.build import build_dataset
