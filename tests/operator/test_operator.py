@@ -167,6 +167,9 @@ def test_evaluate_metrics_land_in_status(cluster):
     status = cluster.wait_phase(ns, "Mask2FormerEvaluate", "ev", "Succeeded")
     assert status["metrics"] == {"PQ": 41.5, "AP": 30.0, "mIoU": 52.25}
     assert status["artifacts"]["metricsFile"] == "/r/metrics.json"
+    table = cluster.kubectl("get", "m2feval", "-n", ns).splitlines()
+    assert table[0].split()[:5] == ["NAME", "PHASE", "PQ", "AP", "MIOU"]
+    assert table[1].split()[:5] == ["ev", "Succeeded", "41.5", "30", "52.25"]
 
 
 def test_export_waits_for_train_then_onnx_then_engine(cluster):
