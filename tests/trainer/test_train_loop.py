@@ -24,7 +24,7 @@ def read_jsonl(path: Path) -> list[dict]:
     return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
 
 
-def m2f_process(args: list[str], log: Path, **env) -> subprocess.Popen:
+def m2f_process(args: list[str], log: Path, new_session: bool = False, **env) -> subprocess.Popen:
     environment = {**os.environ, "OMP_NUM_THREADS": "1", "M2F_METRICS_PORT": "0", **env}
     for name in ("MASTER_ADDR", "MASTER_PORT", "NODE_RANK", "WORLD_SIZE", "NUM_GPU_PER_NODE", "LOCAL_RANK",
                  "M2F_STATUS_TARGET"):
@@ -32,7 +32,7 @@ def m2f_process(args: list[str], log: Path, **env) -> subprocess.Popen:
             environment.pop(name, None)
     handle = open(log, "w")
     return subprocess.Popen([sys.executable, "-m", "m2f_trainer.cli", *args], cwd=REPO, env=environment,
-                            stdout=handle, stderr=subprocess.STDOUT)
+                            stdout=handle, stderr=subprocess.STDOUT, start_new_session=new_session)
 
 
 def wait_for(predicate, timeout: float, proc: subprocess.Popen | None = None, what: str = "") -> None:
@@ -211,15 +211,22 @@ def test_sigkill_after_first_checkpoint_then_restart_resumes_at_next_epoch(tmp_p
 
 
 @pytest.mark.slow
-def test_sigterm_saves_a_checkpoint_and_exits_143(tmp_path):
+@pytest.mark.parametrize("target", ["process", "group"])
+def test_sigterm_saves_a_checkpoint_and_exits_143(target, tmp_path):
+    """`process`: SIGTERM to the trainer alone (the container's PID 1). `group`: to its whole process
+    group, which also kills the DataLoader workers under it (e.g. `timeout`, a shell's job control)."""
     spec = synthesize("coco_panoptic", tmp_path / "data", num_images=8, size=64)
     results = tmp_path / "results"
     proc = m2f_process(["train", "-e", str(spec), f"results_dir={results}", "train.num_epochs=50",
-                        "train.checkpoint_interval=100"], tmp_path / "train.log")
+                        "train.checkpoint_interval=100", "dataset.train.num_workers=1"], tmp_path / "train.log",
+                       new_session=True)
     jsonl = results / "train" / "metrics.jsonl"
     try:
         wait_for(lambda: jsonl.exists() and '"event": "step"' in jsonl.read_text(), 240, proc, "the first step")
-        proc.send_signal(signal.SIGTERM)
+        if target == "group":
+            os.killpg(proc.pid, signal.SIGTERM)
+        else:
+            proc.send_signal(signal.SIGTERM)
         assert proc.wait(timeout=120) == 143, (tmp_path / "train.log").read_text()[-3000:]
     finally:
         proc.kill()

@@ -154,7 +154,9 @@ class EpochCheckpoint(Callback):
     def on_exception(self, trainer, pl_module, exception: BaseException) -> None:
         from lightning.pytorch.utilities.exceptions import SIGTERMException
 
-        if not isinstance(exception, SIGTERMException):
+        from m2f_trainer.engine.signals import worker_killed_by_sigterm
+
+        if not (isinstance(exception, SIGTERMException) or worker_killed_by_sigterm(exception)):
             return
         # Lightning raises SIGTERMException between steps: model and optimizer state are consistent.
         path = self.train_dir / LATEST_NAME

@@ -60,7 +60,20 @@ class DeferSigtermToTrainer(Callback):
         _State.deferred = False
 
 
+def sigterm_received() -> bool:
+    return _State.received
+
+
 def is_termination(exc: BaseException) -> bool:
+    """Whether a task that raised `exc` was terminated: our or Lightning's SIGTERM exception, or any error
+    after a SIGTERM (one sent to the whole process group also kills DataLoader workers, which surfaces in
+    the main process as "DataLoader worker ... is killed by signal: Terminated")."""
     from lightning.pytorch.utilities.exceptions import SIGTERMException
 
-    return isinstance(exc, (Terminated, SIGTERMException))
+    return isinstance(exc, (Terminated, SIGTERMException)) or _State.received
+
+
+def worker_killed_by_sigterm(exc: BaseException) -> bool:
+    """A DataLoader worker died of the same SIGTERM: the main process is between steps, so its model and
+    optimizer state are consistent and can be saved."""
+    return _State.received and isinstance(exc, RuntimeError) and "DataLoader worker" in str(exc)
