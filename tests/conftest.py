@@ -24,3 +24,15 @@ def coco_sample_dir() -> Path:
 @pytest.fixture(scope="session")
 def repo_root() -> Path:
     return REPO_ROOT
+
+
+@pytest.hookimpl(trylast=True)
+def pytest_collection_modifyitems(config, items):
+    """pytest-xdist 3.8's `--dist loadgroup` tags grouped items through `item._nodeid`, which pytest 9 no
+    longer reads (the id lives in `item._id`), so `xdist_group` silently did nothing: carry the tag over."""
+    for item in items:
+        tagged = item.__dict__.get("_nodeid")
+        if tagged and tagged != item.nodeid:
+            from _pytest.nodeid import coerce_node_id
+
+            item._id = coerce_node_id(tagged)
