@@ -327,6 +327,7 @@ class Emulator(kmock.KubernetesScaffold):
         if path is None or not path.is_file():
             raise ApiError(400, "BadRequest", f'container "{container}" in pod "{name}" is waiting to start')
         text = path.read_bytes()
+        offset = len(text)  # a follow continues exactly where this read ended
         if params.get("tailLines"):
             if not params["tailLines"].isdigit():
                 raise ApiError(400, "BadRequest", f"tailLines must be a non-negative integer, not {params['tailLines']!r}")
@@ -334,15 +335,15 @@ class Emulator(kmock.KubernetesScaffold):
             text = b"".join(lines[len(lines) - int(params["tailLines"]):]) if int(params["tailLines"]) else b""
         if params.get("follow") not in ("true", "1"):
             return rendering.Response(status=200, payload=text, headers={"Content-Type": "text/plain"})
-        return rendering.Response(status=200, payload=self._follow_log(rtype, namespace, name, path, text),
+        return rendering.Response(status=200, payload=self._follow_log(rtype, namespace, name, path, text, offset),
                                   headers={"Content-Type": "text/plain"})
 
     async def _follow_log(self, rtype: ResourceType, namespace: str | None, name: str, path: Path,
-                          head: bytes) -> AsyncIterator[bytes]:
+                          head: bytes, offset: int) -> AsyncIterator[bytes]:
         """`kubectl logs -f`: the file so far, then what is appended until the pod finishes or goes."""
         yield head or b""
         with open(path, "rb") as log:
-            log.seek(0, os.SEEK_END)
+            log.seek(offset)
             while True:
                 chunk = log.read()
                 if chunk:

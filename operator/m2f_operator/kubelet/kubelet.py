@@ -98,6 +98,9 @@ class Kubelet:
         self.watch_timeout = watch_timeout
         self.lost_nodes: set[str] = set()
         self._pods: dict[str, PodRun] = {}
+        # Pods that ran here and finished: stale events (e.g. our own Running update arriving after the
+        # exit) must never start them again. Forgotten when the pod is deleted.
+        self._finished: set[str] = set()
         self._ports: dict[tuple, int] = {}
         self._next_node = itertools.cycle(self.nodes)
         self._http: aiohttp.ClientSession | None = None
@@ -221,6 +224,7 @@ class Kubelet:
         meta, spec = pod["metadata"], pod.get("spec", {})
         run = self._pods.get(meta["uid"])
         if event_type == "DELETED":
+            self._finished.discard(meta["uid"])
             if run is not None:  # force-deleted (or its node was lost): nothing to report any more
                 run.lost = True
                 run.signal(signal.SIGCONT)
@@ -243,7 +247,7 @@ class Kubelet:
         phase = (pod.get("status") or {}).get("phase")
         if meta.get("deletionTimestamp"):
             await self._confirm_deletion(pod)  # never started here (or finished): nothing to stop
-        elif phase not in ("Succeeded", "Failed"):
+        elif phase not in ("Succeeded", "Failed") and meta["uid"] not in self._finished:
             run = PodRun(pod=pod, pod_dir=self._pod_dir(pod))
             self._pods[run.key] = run
             run.task = asyncio.create_task(self._lifecycle(run), name=f"pod {run.label}")
@@ -283,6 +287,7 @@ class Kubelet:
         except Exception:
             logger.exception("pod %s: the local kubelet failed to run it", run.label)
         finally:
+            self._finished.add(run.key)
             self._pods.pop(run.key, None)
 
     async def _prepare_until_ready(self, run: PodRun) -> bool:
