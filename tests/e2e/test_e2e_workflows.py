@@ -230,10 +230,13 @@ def test_two_node_train_rendezvous_progress_checkpoints_and_events(cluster_env: 
 
     # status.progress moved while the job ran (seen by the watch before Succeeded), then reached the end.
     succeeded_at = env.recorder.first_time(TRAINS, name, lambda o: phase_of(o) == "Succeeded")
+    assert succeeded_at is not None, env.report(name)
+    final = status["progress"]
+    assert final["totalEpochs"] == ALPHA_EPOCHS and final["epoch"] == ALPHA_EPOCHS, final
     live = [c.obj["status"]["progress"] for c in env.recorder.history(TRAINS, name)
             if c.at < succeeded_at and phase_of(c.obj) != "Succeeded" and (c.obj.get("status") or {}).get("progress")]
-    assert live, "no status.progress update was observed before Succeeded"
-    assert status["progress"]["totalEpochs"] == ALPHA_EPOCHS and status["progress"]["epoch"] == ALPHA_EPOCHS
+    assert any(p["step"] < final["step"] for p in live), (
+        f"no status.progress update was observed mid-run (before Succeeded, before the last step): {live}")
     assert all(1 <= p["epoch"] <= ALPHA_EPOCHS and p["totalEpochs"] == ALPHA_EPOCHS for p in live), live
 
     # Events were recorded for each transition.
@@ -247,8 +250,12 @@ def test_sigkilled_worker_gang_restarts_and_resumes_from_latest_checkpoint(clust
     observed = flows.result("alpha")
     status = env.recorder.status(TRAINS, name)
     assert status["phase"] == "Succeeded" and status["restarts"] == 1, status
+    assert any(phase_of(c.obj) == "Restarting" for c in env.recorder.history(TRAINS, name))
     by_attempt = _pods_by_attempt(env, name)
     assert sorted(by_attempt) == ["0", "1"] and all(len(p) == NODES for p in by_attempt.values()), by_attempt
+    # The whole gang was replaced, not just the killed worker: no pod of attempt 0 is left.
+    live = env.recorder.live_pods(name)
+    assert {p["metadata"]["labels"][LABEL_ATTEMPT] for p in live.values()} == {"1"} and len(live) == NODES, live
     killed = env.recorder.pod_uids(name)[observed["victim_uid"]]
     assert pod_exit_code(killed) == 128 + signal.SIGKILL, killed.get("status")
     restart = [e for e in _events(env, name, "GangRestart") if e["reason"] == "GangRestart"]
