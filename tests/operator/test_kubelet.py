@@ -281,3 +281,29 @@ def test_init_containers_run_first_and_logs_have_tails(cluster):
     assert done.status.init_container_statuses[0].state.terminated.reason == "Completed"
     assert core.read_namespaced_pod_log("staged", "default", container="init") == "init done\n"
     assert core.read_namespaced_pod_log("staged", "default", tail_lines=2) == "b\nc\n"
+
+
+def test_pod_deleted_while_the_watch_was_down_is_stopped_after_the_relist(tmp_path):
+    data_dir = tmp_path / "data"
+    with run_emulator(log_dir=data_dir / "logs", watch_history=5) as api:
+        client = kubernetes.config.new_client_from_config(config_file=str(api.kubeconfig))
+        core = kubernetes.client.CoreV1Api(client)
+        with run_kubelet(api.url, data_dir, NODES, watch_timeout=5):
+            core.create_namespaced_pod("default", _pod("orphan", "import time; time.sleep(120)"))
+            _wait(core, "orphan", lambda p: p and p.status.phase == "Running")
+            pid = _pid(data_dir, "orphan")
+
+            def drop_watches_and_delete(store):
+                # The kubelet's watch ends, the pod goes, and enough happens that resuming is 410 Gone.
+                store.close_watches()
+                pods, configmaps = store.find_type("", "v1", "pods"), store.find_type("", "v1", "configmaps")
+                store.delete(pods, "default", "orphan", {"gracePeriodSeconds": 0})
+                for index in range(10):
+                    store.create(configmaps, "default", {"metadata": {"name": f"noise-{index}"}})
+
+            api.call(drop_watches_and_delete)
+            deadline = time.monotonic() + 20
+            while _process_state(pid) not in (None, "Z") and time.monotonic() < deadline:
+                time.sleep(0.1)
+            assert _process_state(pid) in (None, "Z")
+        client.close()

@@ -180,6 +180,10 @@ class Kubelet:
                     version = listing["metadata"]["resourceVersion"]
                     for obj in listing["items"]:
                         await handle("ADDED", obj)
+                    if handle == self._on_pod:  # deleted while the watch was down: stop them now
+                        listed = {obj["metadata"]["uid"] for obj in listing["items"]}
+                        for run in [run for uid, run in self._pods.items() if uid not in listed]:
+                            await self._on_pod("DELETED", run.pod)
                 query = f"?watch=true&resourceVersion={version}&timeoutSeconds={self.watch_timeout}"
                 assert self._http is not None
                 async with self._http.get(self.api_url + path + query) as response:
