@@ -307,3 +307,20 @@ def test_pod_deleted_while_the_watch_was_down_is_stopped_after_the_relist(tmp_pa
                 time.sleep(0.1)
             assert _process_state(pid) in (None, "Z")
         client.close()
+
+
+def test_thread_count_defaults_to_the_cpu_limit_or_a_share_of_the_machine(cluster, monkeypatch):
+    core, _, _ = cluster
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    script = "import os; print(os.environ['OMP_NUM_THREADS'])"
+    limited = _pod("limited", script)
+    limited["spec"]["containers"][0]["resources"] = {"limits": {"cpu": "1500m"}}
+    explicit = _pod("explicit", script, env=[{"name": "OMP_NUM_THREADS", "value": "3"}])
+    for pod in (limited, explicit, _pod("shared", script)):
+        core.create_namespaced_pod("default", pod)
+    threads = {}
+    for name in ("limited", "explicit", "shared"):
+        _wait(core, name, lambda p: p and p.status.phase == "Succeeded")
+        threads[name] = int(core.read_namespaced_pod_log(name, "default"))
+    assert threads["limited"] == 2 and threads["explicit"] == 3
+    assert threads["shared"] == max(1, (os.cpu_count() or 1) // len(NODES))

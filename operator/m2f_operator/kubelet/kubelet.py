@@ -342,6 +342,7 @@ class Kubelet:
             process_env.update(HOSTNAME=pod["spec"].get("hostname") or pod["metadata"]["name"], PYTHONUNBUFFERED="1")
             if self.kubeconfig is not None:
                 process_env["KUBECONFIG"] = str(self.kubeconfig)
+            process_env.setdefault("OMP_NUM_THREADS", str(podspec.cpu_threads(container, len(self.nodes))))
             process_env.update(self.extra_env)
             process_env.update(env)
             cwd = Path(paths.path(container["workingDir"])) if container.get("workingDir") else run.pod_dir

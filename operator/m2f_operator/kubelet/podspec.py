@@ -10,6 +10,8 @@ ports that would collide between jobs are remapped per job.
 from __future__ import annotations
 
 import base64
+import math
+import os
 import re
 import shutil
 import sys
@@ -167,3 +169,16 @@ def decoded_data(obj: dict, is_secret: bool) -> dict:
         data = {key: base64.b64decode(value).decode(errors="replace") for key, value in data.items()}
         data.update(obj.get("stringData") or {})
     return data
+
+
+def cpu_threads(container: dict, nodes: int) -> int:
+    """OMP_NUM_THREADS for a container when neither the host nor the pod sets it: its CPU limit (or
+    request), else this machine's cores shared between the local nodes. All "nodes" share one
+    machine; torch's default of one thread per core in every process oversubscribes it badly."""
+    resources = container.get("resources") or {}
+    cpu = (resources.get("limits") or {}).get("cpu") or (resources.get("requests") or {}).get("cpu")
+    if cpu is not None:
+        text = str(cpu)
+        cores = float(text[:-1]) / 1000 if text.endswith("m") else float(text)
+        return max(1, math.ceil(cores))
+    return max(1, (os.cpu_count() or 1) // max(1, nodes))
