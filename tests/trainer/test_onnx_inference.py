@@ -152,3 +152,17 @@ def test_panoptic_at_another_size_resizes_mask_logits_like_postprocess():
     (seg, info), (ref_seg, ref_info) = ours[0]["panoptic_seg"], theirs[0]["panoptic_seg"]
     assert info and [s["category_id"] for s in info] == [s["category_id"] for s in ref_info]
     assert (seg != ref_seg).float().mean() < 0.002  # float32 logit round trip: at most a few boundary pixels
+
+
+@pytest.mark.parametrize("command", ["inference", "evaluate"])
+def test_unreadable_onnx_file_names_the_field(tmp_path, capsys, command):
+    from m2f_trainer.data.synth import synthesize
+
+    spec = synthesize("coco_panoptic", tmp_path / "data", num_images=1, size=(SIZE, SIZE))
+    garbage = tmp_path / "garbage.onnx"
+    garbage.write_bytes(b"not a protobuf")
+    for path, reason in ((tmp_path / "missing.onnx", "ONNX file not found"), (garbage, "onnxruntime cannot load it")):
+        code = main([command, "-e", str(spec), f"{command}.onnx_file={path}", f"{command}.results_dir={tmp_path / 'out'}"])
+        err = capsys.readouterr().err.strip().splitlines()
+        assert code == 2
+        assert err[-1].startswith(f"error: {command}.onnx_file: ") and reason in err[-1] and "Traceback" not in err
