@@ -331,3 +331,48 @@ def test_status_target_parsing_and_env():
     assert progress.StatusReporter.from_env({"M2F_STATUS_TARGET": "bad/target"}) is None
     parts = progress.parse_status_target("g.io/v1/namespaces/ns/plural/name")
     assert parts == {"group": "g.io", "version": "v1", "namespace": "ns", "plural": "plural", "name": "name"}
+
+
+# ----------------------------------------------------------------------------------- gradient clipping
+
+class _Net(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.head = nn.Linear(4, 4)
+
+    def forward(self, images):
+        return {"pred": self.head(images)}
+
+
+class _Criterion(nn.Module):
+    def forward(self, outputs, targets):
+        return {"loss_big": outputs["pred"].sum() * 1000.0}
+
+
+@pytest.mark.parametrize("kind", ["full", "value"])
+def test_gradient_clipping_once_per_step(kind, tmp_path):
+    import lightning as L
+    from m2f_trainer.engine.module import Mask2FormerModule
+    from torch.utils.data import DataLoader
+
+    cfg = SimpleNamespace(train=SimpleNamespace(
+        clip_grad_type=kind, clip_grad_norm=0.5, clip_grad_norm_type=2.0, precision="fp32", num_epochs=1,
+        optim=optim_cfg(lr=1e-3, lr_scheduler="MultiStep", milestones=[5])))
+    module = Mask2FormerModule(_Net(), _Criterion(), cfg)
+    seen = []
+
+    class Probe(L.Callback):
+        def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+            seen.append(torch.cat([p.grad.flatten() for p in pl_module.parameters()]))
+
+    batches = [(torch.ones(2, 4), [{}, {}], [{}, {}])] * 2
+    trainer = L.Trainer(accelerator="cpu", max_epochs=1, logger=False, enable_checkpointing=False,
+                        enable_progress_bar=False, enable_model_summary=False, callbacks=[Probe()],
+                        default_root_dir=str(tmp_path))
+    trainer.fit(module, DataLoader(batches, batch_size=None))
+    assert len(seen) == 2
+    for grads in seen:
+        if kind == "full":  # the global 2-norm is brought down to the threshold
+            assert grads.norm() == pytest.approx(0.5, rel=1e-4)
+        else:  # each element is clamped; the norm stays above the threshold
+            assert grads.abs().max() == pytest.approx(0.5) and grads.norm() > 0.5
