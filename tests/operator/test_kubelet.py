@@ -324,3 +324,16 @@ def test_thread_count_defaults_to_the_cpu_limit_or_a_share_of_the_machine(cluste
         threads[name] = int(core.read_namespaced_pod_log(name, "default"))
     assert threads["limited"] == 2 and threads["explicit"] == 3
     assert threads["shared"] == max(1, (os.cpu_count() or 1) // len(NODES))
+
+
+def test_a_program_that_cannot_start_fails_the_pod_with_start_error(cluster, tmp_path):
+    core, _, _ = cluster
+    not_executable = tmp_path / "script.txt"
+    not_executable.write_text("print('never runs')\n")
+    pod = _pod("unstartable", "")
+    pod["spec"]["containers"][0]["command"] = [str(not_executable)]
+    core.create_namespaced_pod("default", pod)
+    failed = _wait(core, "unstartable", lambda p: p and p.status.phase == "Failed")
+    terminated = _terminated(failed)
+    assert (terminated.exit_code, terminated.reason) == (128, "StartError")
+    assert "Permission denied" in terminated.message

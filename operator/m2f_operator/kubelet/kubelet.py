@@ -288,8 +288,11 @@ class Kubelet:
             await self._patch_status(run, status.final_status(run))
             if run.deleting.is_set():
                 await self._confirm_deletion(run.pod)
-        except Exception:
+        except Exception as exc:  # a bug here must not leave the pod Running forever
             logger.exception("pod %s: the local kubelet failed to run it", run.label)
+            run.signal(signal.SIGKILL)
+            await self._patch_status(run, {"phase": "Failed", "reason": "KubeletError",
+                                           "message": f"local kubelet: {type(exc).__name__}: {exc}"})
         finally:
             self._finished.add(run.key)
             self._pods.pop(run.key, None)
@@ -371,11 +374,18 @@ class Kubelet:
     async def _start(self, run: PodRun, container: ContainerRun) -> None:
         container.termination_path.parent.mkdir(parents=True, exist_ok=True)
         container.termination_path.write_bytes(b"")
-        with open(container.log_path, "ab") as log:
-            container.process = await asyncio.create_subprocess_exec(
-                *container.argv, env=container.env, cwd=container.cwd, stdin=asyncio.subprocess.DEVNULL,
-                stdout=log, stderr=asyncio.subprocess.STDOUT, start_new_session=True)
         container.started_at = now_rfc3339()
+        try:
+            with open(container.log_path, "ab") as log:
+                container.process = await asyncio.create_subprocess_exec(
+                    *container.argv, env=container.env, cwd=container.cwd, stdin=asyncio.subprocess.DEVNULL,
+                    stdout=log, stderr=asyncio.subprocess.STDOUT, start_new_session=True)
+        except OSError as exc:  # not executable, bad cwd, ...: what a runtime reports as StartError
+            container.process = None
+            container.terminated = {"exitCode": 128, "reason": "StartError", "message": f"{container.argv[0]}: {exc}",
+                                    "startedAt": container.started_at, "finishedAt": now_rfc3339()}
+            logger.warning("pod %s: container %s could not start: %s", run.label, container.spec["name"], exc)
+            return
         (run.pod_dir / f"pid-{container.spec['name']}").write_text(str(container.process.pid))
         logger.info("pod %s: container %s started as pid %d: %s", run.label, container.spec["name"],
                     container.process.pid, container.argv)
