@@ -65,6 +65,7 @@ class Emulator(kmock.KubernetesScaffold):
     kubeconfig: Path | None = attrs.field(default=None, init=False)
     _http: kmock.Server | None = attrs.field(default=None, init=False)
     _tmpdir: tempfile.TemporaryDirectory | None = attrs.field(default=None, init=False)
+    _closing: bool = attrs.field(default=False, init=False)
 
     def __attrs_post_init__(self) -> None:
         self.store = ObjectStore(scheduler_nodes=tuple(self.scheduler_nodes), watch_history=self.watch_history)
@@ -90,7 +91,8 @@ class Emulator(kmock.KubernetesScaffold):
         return self
 
     async def __aexit__(self, *exc_info: Any) -> None:
-        # Open watch streams end first: aiohttp would otherwise wait for them on shutdown.
+        # Open watch and log-follow streams end first: aiohttp would otherwise wait for them on shutdown.
+        self._closing = True
         self.store.close_watches()
         await asyncio.sleep(0)
         try:
@@ -353,7 +355,7 @@ class Emulator(kmock.KubernetesScaffold):
                     phase = (self.store.get(rtype, namespace, name).get("status") or {}).get("phase")
                 except ApiError:
                     return
-                if phase in ("Succeeded", "Failed"):
+                if phase in ("Succeeded", "Failed") or self._closing:
                     rest = log.read()
                     if rest:
                         yield rest
