@@ -164,3 +164,42 @@ def test_checkpoint_of_another_class_count_is_rejected(cases, tmp_path, capsys):
                  f"export.onnx_file={tmp_path / 'm.onnx'}", *TINY])
     assert code == 2
     assert "export.checkpoint was trained with num_classes=5" in capsys.readouterr().err
+
+
+def _as_ort(outputs: dict) -> dict:
+    return {k: v.numpy().copy() for k, v in outputs.items() if not k.startswith("_")}
+
+
+def test_parity_excuses_ties_and_only_ties():
+    from m2f_trainer.export.parity import compare_outputs
+    from m2f_trainer.export.wrappers import instance_outputs, panoptic_outputs
+
+    # Panoptic: query 0 has two equally likely classes, query 1 a clear winner.
+    logits = torch.tensor([[[1.0, 1.0, 0.0, -2.0], [3.0, 0.0, 0.0, -2.0]]])
+    ours = panoptic_outputs(logits, torch.randn(1, 2, 8, 8, generator=torch.Generator().manual_seed(0)))
+    flipped = _as_ort(ours)
+    flipped["pred_classes"][0, 0] = 1 - flipped["pred_classes"][0, 0]
+    report = compare_outputs("panoptic", ours, flipped, 1e-3)
+    assert report.passed and report.to_dict()["outputs"]["pred_classes"]["excused"] == 1
+    flipped["pred_classes"][0, 1] = 2
+    report = compare_outputs("panoptic", ours, flipped, 1e-3)
+    assert not report.passed and [o.name for o in report.failures()] == ["pred_classes"]
+
+    # Instance: candidates (query 0, class 0) and (query 1, class 0) tie for rank 0; query 2 is far below.
+    class_logits = torch.tensor([[[2.0, -9.0, 0.0], [2.0, -9.0, 0.0], [0.5, -9.0, 0.0]]])
+    mask_logits = torch.stack([torch.full((4, 4), v) for v in (3.0, -3.0, 1e-5)])[None]
+    ours = instance_outputs(class_logits, mask_logits, topk=3)
+    swapped = _as_ort(ours)
+    for name in ("pred_masks", "pred_scores", "pred_classes"):
+        swapped[name][0, [0, 1]] = swapped[name][0, [1, 0]]
+    report = compare_outputs("instance", ours, swapped, 1e-3)
+    assert report.passed and report.to_dict()["outputs"]["pred_scores"]["excused"] == 2
+    # Rank 2's mask logits sit at 0 (probability 0.5): a flipped pixel there is a tie, at rank 0 it is not.
+    edge = _as_ort(ours)
+    edge["pred_masks"][0, 2, 0, 0] = 1 - edge["pred_masks"][0, 2, 0, 0]
+    assert compare_outputs("instance", ours, edge, 1e-3).passed
+    untied = _as_ort(instance_outputs(torch.tensor([[[3.0, -9.0, 0.0], [2.0, -9.0, 0.0]]]), mask_logits[:, :2], 2))
+    ours_untied = instance_outputs(torch.tensor([[[3.0, -9.0, 0.0], [2.0, -9.0, 0.0]]]), mask_logits[:, :2], 2)
+    untied["pred_masks"][0, 0, 1, 1] = 0.0
+    report = compare_outputs("instance", ours_untied, untied, 1e-3)
+    assert not report.passed and report.to_dict()["outputs"]["pred_masks"]["mismatches"] == 1

@@ -89,8 +89,11 @@ def panoptic_outputs(class_logits: torch.Tensor, mask_logits: torch.Tensor) -> d
         "pred_masks": mask_probs,
         "pred_scores": scores,
         "pred_classes": classes,
-        # Second-best real class probability: an argmax whose top two are this close may flip backends.
+        # Second-best real class probability: an argmax whose top two are this close may flip backends;
+        # likewise the zeroing above when no-object and the best real class (nearly) tie.
         "_runner_up": real.topk(2, dim=-1).values[..., 1] if real.shape[-1] > 1 else torch.zeros_like(best),
+        "_best": best,
+        "_no_object": probs[..., -1],
     }
 
 
