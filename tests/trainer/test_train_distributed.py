@@ -84,3 +84,21 @@ def test_missing_peer_fails_within_the_collective_timeout(tmp_path):
     assert time.monotonic() - started < 200
     assert not (tmp_path / "results" / "train" / LATEST).exists()
     assert json.dumps(code)  # a plain integer exit status the operator's failure policy can read
+
+
+@pytest.mark.slow
+def test_one_node_runs_num_gpu_per_node_processes_on_cpu(tmp_path):
+    """NUM_GPU_PER_NODE=2 on a CPU node: Lightning's launcher starts local rank 1 next to rank 0."""
+    spec = synthesize("coco_panoptic", tmp_path / "data", num_images=4, size=64)
+    results = tmp_path / "results"
+    proc = m2f_process(["train", "-e", str(spec), f"results_dir={results}", "train.num_gpus=2",
+                        "train.num_epochs=1"], tmp_path / "node.log", NUM_GPU_PER_NODE="2")
+    try:
+        code = proc.wait(timeout=400)
+    finally:
+        proc.kill()
+    log = (tmp_path / "node.log").read_text()
+    assert code == 0, log[-2000:]
+    digests = dict(DIGEST.findall(log))
+    assert set(digests) == {"0", "1"} and digests["0"] == digests["1"]
+    assert read_jsonl(results / "train" / "metrics.jsonl")[0]["world_size"] == 2
