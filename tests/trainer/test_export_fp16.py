@@ -6,9 +6,8 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 import pytest
-from onnx import TensorProto, helper, numpy_helper
-
 from m2f_trainer.export.fp16 import convert_to_mixed_fp16, fp32_node_names, keep_fp32
+from onnx import TensorProto, helper, numpy_helper
 
 
 def _graph() -> onnx.ModelProto:
