@@ -30,10 +30,12 @@ class Mask2FormerModule(L.LightningModule):
             if name in reserved:
                 raise TypeError(f"model submodule name {name!r} collides with a LightningModule attribute")
             self.add_module(name, child)
-        for name, param in model.named_parameters(recurse=False):
-            self.register_parameter(name, param)
-        for name, buffer in model.named_buffers(recurse=False):
-            self.register_buffer(name, buffer, persistent=name not in model._non_persistent_buffers_set)
+        # Tensors held by the model's root would be replaced (buffers on .to()) or left unsharded (FSDP
+        # shards the children) behind the model's back: every tensor must live in a submodule.
+        root_tensors = [n for n, _ in model.named_parameters(recurse=False)]
+        root_tensors += [n for n, _ in model.named_buffers(recurse=False)]
+        if root_tensors:
+            raise TypeError(f"model holds tensors at its root ({root_tensors}); move them into a submodule")
         # Not registered: the forward goes through the model's own forward, which calls the same children.
         self.__dict__["net"] = model
         self.__dict__["criterion"] = criterion
@@ -83,9 +85,6 @@ class Mask2FormerModule(L.LightningModule):
         model_config = getattr(self.net, "model_config", None)
         if model_config is not None:
             checkpoint["model_config"] = dict(model_config)
-
-    def on_fit_start(self) -> None:
-        self.criterion.to(self.device)
 
     def on_train_epoch_end(self) -> None:
         """FSDP2 shards parameters but leaves buffers (BatchNorm running statistics) per rank, where DDP
