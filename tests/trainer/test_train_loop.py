@@ -112,9 +112,10 @@ def test_pretrained_weights_load_without_training_state(trained, synth_spec, tmp
     fresh = tmp_path / "fresh"
     assert main(["train", "-e", str(synth_spec), f"results_dir={fresh}", "train.num_epochs=1",
                  "train.metrics_port=0", "train.optim.lr=1e-12", "train.optim.backbone_multiplier=1.0",
-                 f"train.pretrained_model_path={trained / 'train' / LATEST}"]) == 0
+                 "train.iters_per_epoch=1", f"train.pretrained_model_path={trained / 'train' / LATEST}"]) == 0
     records = read_jsonl(fresh / "train" / "metrics.jsonl")
     assert records[0]["epoch"] == 0 and records[0]["step"] == 0  # weights only: epoch/step start at 0
+    assert [r["step"] for r in records if r["event"] == "step"] == [1]  # iters_per_epoch caps the epoch
     assert "train.pretrained_model_path: loaded" in caplog.text
     before = torch.load(trained / "train" / LATEST, map_location="cpu", weights_only=False)["state_dict"]
     after = torch.load(fresh / "train" / LATEST, map_location="cpu", weights_only=False)["state_dict"]
@@ -265,9 +266,11 @@ def test_rank_zero_reports_progress_to_the_owning_resource(synth_spec, tmp_path,
     monkeypatch.setenv("M2F_STATUS_TARGET", "m2f.example.com/v1alpha1/namespaces/ns1/mask2formertrains/run1")
     try:
         assert main(["train", "-e", str(synth_spec), f"results_dir={tmp_path}", "train.num_epochs=2",
-                     "train.metrics_port=0"]) == 0
+                     "train.metrics_port=0", "train.validation_interval=2"]) == 0
     finally:
         server.close()
+    records = read_jsonl(tmp_path / "train" / "metrics.jsonl")
+    assert [r["epoch"] for r in records if r["event"] == "validation"] == [1]  # every 2nd epoch only
     assert server.requests, "no status patch was sent"
     method, path, content_type, body = server.requests[-1]
     assert (method, content_type) == ("PATCH", "application/merge-patch+json")
