@@ -76,6 +76,27 @@ def _lookup(table: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
     return torch.from_numpy(table.numpy()[index.numpy()])
 
 
+def positive_int(value: object) -> bool:
+    """An id the COCO formats accept: an int > 0 (bool is not an id)."""
+    return isinstance(value, int) and not isinstance(value, bool) and value > 0
+
+
+def json_label_map(
+    content: dict, label_map: LabelMap | None, contiguous_id: bool, source: str, what: str
+) -> LabelMap:
+    """``label_map`` when given, else the categories of a COCO json (``what`` names it in errors).
+
+    The json's own categories are validated even when the label map supplies the classes.
+    """
+    if label_map is None:
+        if "categories" not in content:
+            raise DataError(f"{what} {source} has no 'categories' and no dataset.label_map is set")
+        return LabelMap.from_categories(content["categories"], contiguous_id, source)
+    if "categories" in content:
+        LabelMap.from_categories(content["categories"], contiguous_id, source)
+    return label_map
+
+
 def segment_map_dtype(num_segments: int) -> torch.dtype:
     # uint8 maps resize ~5x faster than int32 ones (torch has a dedicated uint8 nearest kernel).
     return torch.uint8 if num_segments < 255 else torch.int32

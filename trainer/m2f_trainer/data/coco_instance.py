@@ -12,14 +12,16 @@ import numpy as np
 import torch
 from pycocotools.coco import COCO
 
-from m2f_trainer.data.base import ImageRecord, RawAnnotation, SegmentationDataset
+from m2f_trainer.data.base import (
+    ImageRecord,
+    RawAnnotation,
+    SegmentationDataset,
+    json_label_map,
+    positive_int,
+)
 from m2f_trainer.data.io import read_json, resolve
 from m2f_trainer.data.label_map import LabelMap
 from m2f_trainer.errors import DataError
-
-
-def _positive_int(value: object) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool) and value > 0
 
 
 def _segmentation_problem(segmentation: object) -> str | None:
@@ -60,12 +62,7 @@ class CocoInstanceDataset(SegmentationDataset):
         if not isinstance(content, dict) or "images" not in content:
             raise DataError(f"instance json {source} needs an 'images' list")
         content.setdefault("annotations", [])
-        if label_map is None:
-            if "categories" not in content:
-                raise DataError(f"instance json {source} has no 'categories' and no dataset.label_map is set")
-            label_map = LabelMap.from_categories(content["categories"], contiguous_id, source)
-        elif "categories" in content:
-            LabelMap.from_categories(content["categories"], contiguous_id, source)
+        label_map = json_label_map(content, label_map, contiguous_id, source, "instance json")
         super().__init__(label_map, transforms, drop_crowd, mode)
         self._validate(content, source, strict)
         self.coco = COCO()
@@ -85,7 +82,7 @@ class CocoInstanceDataset(SegmentationDataset):
         image_ids = set()
         for image in content["images"]:
             image_id = image.get("id") if isinstance(image, dict) else None
-            if not _positive_int(image_id) or "file_name" not in image:
+            if not positive_int(image_id) or "file_name" not in image:
                 self._report(f"{source}: image {image_id!r} needs an integer id > 0 and a file_name", strict)
                 continue
             image_ids.add(image_id)
@@ -96,13 +93,13 @@ class CocoInstanceDataset(SegmentationDataset):
             annotation_id, image_id = annotation.get("id"), annotation.get("image_id")
             category_id = annotation.get("category_id")
             problem = None
-            if not _positive_int(annotation_id):
+            if not positive_int(annotation_id):
                 problem = f"annotation id {annotation_id!r} (image id {image_id}) must be an integer > 0"
             elif annotation_id in annotation_ids:
                 problem = f"annotation id {annotation_id} appears twice"
             elif image_id not in image_ids:
                 problem = f"annotation id {annotation_id} refers to image id {image_id!r}, which is not in 'images'"
-            elif not _positive_int(category_id):
+            elif not positive_int(category_id):
                 problem = f"category id {category_id!r} of annotation id {annotation_id} must be > 0"
             elif category_id not in self.label_map:
                 problem = (

@@ -8,14 +8,17 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from m2f_trainer.data.base import ImageRecord, RawAnnotation, SegmentationDataset, segment_map_dtype
+from m2f_trainer.data.base import (
+    ImageRecord,
+    RawAnnotation,
+    SegmentationDataset,
+    json_label_map,
+    positive_int,
+    segment_map_dtype,
+)
 from m2f_trainer.data.io import read_json, read_panoptic_png, resolve
 from m2f_trainer.data.label_map import LabelMap
 from m2f_trainer.errors import DataError
-
-
-def _positive_int(value: object) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool) and value > 0
 
 
 class CocoPanopticDataset(SegmentationDataset):
@@ -48,13 +51,7 @@ class CocoPanopticDataset(SegmentationDataset):
         source = str(self.panoptic_json)
         if not isinstance(content, dict) or "annotations" not in content or "images" not in content:
             raise DataError(f"panoptic json {source} needs 'images' and 'annotations' lists")
-        if label_map is None:
-            if "categories" not in content:
-                raise DataError(f"panoptic json {source} has no 'categories' and no dataset.label_map is set")
-            label_map = LabelMap.from_categories(content["categories"], contiguous_id, source)
-        elif "categories" in content:
-            # The json's categories are validated even when the label map supplies the classes.
-            LabelMap.from_categories(content["categories"], contiguous_id, source)
+        label_map = json_label_map(content, label_map, contiguous_id, source, "panoptic json")
         super().__init__(label_map, transforms, drop_crowd, mode)
         self._index(content, source, strict)
 
@@ -62,7 +59,7 @@ class CocoPanopticDataset(SegmentationDataset):
         images: dict[int, dict] = {}
         for image in content["images"]:
             image_id = image.get("id") if isinstance(image, dict) else None
-            if not _positive_int(image_id):
+            if not positive_int(image_id):
                 self._report(f"{source}: image id {image_id!r} must be an integer > 0", strict)
                 continue
             images[image_id] = image
@@ -95,10 +92,10 @@ class CocoPanopticDataset(SegmentationDataset):
 
     def _segment_ok(self, segment: dict, image_id: int, source: str, strict: bool) -> bool:
         segment_id, category_id = segment.get("id"), segment.get("category_id")
-        if not _positive_int(segment_id):
+        if not positive_int(segment_id):
             self._report(f"{source}: segment id {segment_id!r} of image id {image_id} must be > 0", strict)
             return False
-        if not _positive_int(category_id):
+        if not positive_int(category_id):
             self._report(
                 f"{source}: category id {category_id!r} of segment {segment_id} (image id {image_id}) must be > 0",
                 strict,
