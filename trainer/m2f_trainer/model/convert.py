@@ -7,6 +7,7 @@ import json
 import pickle
 import re
 from collections import OrderedDict
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -23,8 +24,9 @@ _HF_PIXEL = "model.pixel_level_module.decoder."
 _HF_TRANSFORMER = "model.transformer_module."
 
 # (pattern, replacement) per part, applied to HF names (relative to the part) once q/k/v have been fused;
-# the first match wins.
-_HF_SWIN_RULES: list[tuple[str, str]] = [
+# the first match wins. A callable replacement computes the new prefix from the match (shifted indices).
+_Rules = list[tuple[str, str | Callable[[re.Match[str]], str]]]
+_HF_SWIN_RULES: _Rules = [
     # Swin (HF's own implementation -> timm names; HF downsamples at the end of stage i, timm at the start of i+1)
     (r"embeddings\.patch_embeddings\.projection\.", "backbone.patch_embed.proj."),
     (r"embeddings\.norm\.", "backbone.patch_embed.norm."),
@@ -38,10 +40,10 @@ _HF_SWIN_RULES: list[tuple[str, str]] = [
     (r"encoder\.layers\.(\d+)\.blocks\.(\d+)\.attention\.output\.dense\.", r"backbone.layers.\1.blocks.\2.attn.proj."),
     (r"encoder\.layers\.(\d+)\.blocks\.(\d+)\.intermediate\.dense\.", r"backbone.layers.\1.blocks.\2.mlp.fc1."),
     (r"encoder\.layers\.(\d+)\.blocks\.(\d+)\.output\.dense\.", r"backbone.layers.\1.blocks.\2.mlp.fc2."),
-    (r"encoder\.layers\.(\d+)\.downsample\.", "DOWNSAMPLE"),  # index shifted in code
-    (r"hidden_states_norms\.stage(\d+)\.", "NORM"),  # stage k -> norm{k-1}, in code
+    (r"encoder\.layers\.(\d+)\.downsample\.", lambda m: f"backbone.layers.{int(m[1]) + 1}.downsample."),
+    (r"hidden_states_norms\.stage(\d+)\.", lambda m: f"backbone.norm{int(m[1]) - 1}."),
 ]
-_HF_PIXEL_RULES: list[tuple[str, str]] = [
+_HF_PIXEL_RULES: _Rules = [
     (r"input_projections\.(\d+)\.(\d)\.", r"pixel_decoder.input_proj.\1.\2."),
     (r"level_embed$", "pixel_decoder.transformer.level_embed"),
     (r"encoder\.layers\.(\d+)\.self_attn\.", r"pixel_decoder.transformer.encoder.layers.\1.self_attn."),
@@ -53,7 +55,7 @@ _HF_PIXEL_RULES: list[tuple[str, str]] = [
     (r"(adapter|layer)_(\d+)\.0\.", r"pixel_decoder.\1_\2."),
     (r"(adapter|layer)_(\d+)\.1\.", r"pixel_decoder.\1_\2.norm."),
 ]
-_HF_TRANSFORMER_RULES: list[tuple[str, str]] = [
+_HF_TRANSFORMER_RULES: _Rules = [
     (r"queries_embedder\.", "decoder.query_embed."),
     (r"queries_features\.", "decoder.query_feat."),
     (r"input_projections\.(\d+)\.", r"decoder.input_proj.\1."),
@@ -69,6 +71,12 @@ _HF_TRANSFORMER_RULES: list[tuple[str, str]] = [
     (r"decoder\.layernorm\.", "decoder.decoder_norm."),
     (r"decoder\.mask_predictor\.mask_embedder\.(\d+)\.0\.", r"decoder.mask_embed.layers.\1."),
 ]
+# The same relative name means different things in each part: each part has its own rules.
+_HF_PARTS: tuple[tuple[str, _Rules], ...] = (
+    (_HF_SWIN, _HF_SWIN_RULES),
+    (_HF_PIXEL, _HF_PIXEL_RULES),
+    (_HF_TRANSFORMER, _HF_TRANSFORMER_RULES),
+)
 
 # transformers >= 5 names (runtime modules) -> the legacy names that save_pretrained / the Hub use.
 _HF_V5_ALIASES = [
@@ -115,15 +123,7 @@ def convert_hf_state_dict(state: dict[str, torch.Tensor]) -> tuple[dict[str, tor
         if key.startswith("class_predictor."):
             converted["decoder.class_embed." + key.removeprefix("class_predictor.")] = value
             continue
-        for prefix in (_HF_SWIN, _HF_PIXEL, _HF_TRANSFORMER):
-            if key.startswith(prefix):
-                rest = key.removeprefix(prefix)
-                break
-        else:
-            skipped.append(key)
-            continue
-        # The same relative name means different things in each part: restrict the rules by part.
-        new = _apply_rules(rest, prefix)
+        new = next((_apply_rules(key.removeprefix(p), rules) for p, rules in _HF_PARTS if key.startswith(p)), None)
         if new is None:
             skipped.append(key)
             continue
@@ -131,18 +131,12 @@ def convert_hf_state_dict(state: dict[str, torch.Tensor]) -> tuple[dict[str, tor
     return converted, skipped
 
 
-def _apply_rules(rest: str, prefix: str) -> str | None:
-    part_rules = {_HF_SWIN: _HF_SWIN_RULES, _HF_PIXEL: _HF_PIXEL_RULES, _HF_TRANSFORMER: _HF_TRANSFORMER_RULES}[prefix]
-    for pattern, replacement in part_rules:
+def _apply_rules(rest: str, rules: _Rules) -> str | None:
+    for pattern, replacement in rules:
         match = re.match(pattern, rest)
-        if not match:
-            continue
-        tail = rest[match.end():]
-        if replacement == "DOWNSAMPLE":
-            return f"backbone.layers.{int(match.group(1)) + 1}.downsample.{tail}"
-        if replacement == "NORM":
-            return f"backbone.norm{int(match.group(1)) - 1}.{tail}"
-        return match.expand(replacement) + tail
+        if match:
+            head = replacement(match) if callable(replacement) else match.expand(replacement)
+            return head + rest[match.end():]
     return None
 
 
