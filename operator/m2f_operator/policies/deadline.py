@@ -2,15 +2,11 @@
 
 from __future__ import annotations
 
-from datetime import datetime, timedelta
+from datetime import datetime
 
-from m2f_operator.policies.observe import parse_time
+from m2f_operator.policies.observe import seconds_left
 
 
 def deadline_remaining(spec: dict, start_time: str | None, now: datetime) -> float | None:
     """Seconds left before the deadline (negative once exceeded); None when there is no deadline yet."""
-    limit = spec.get("activeDeadlineSeconds")
-    started = parse_time(start_time)
-    if limit is None or started is None:
-        return None
-    return (started + timedelta(seconds=int(limit)) - now).total_seconds()
+    return seconds_left(spec.get("activeDeadlineSeconds"), start_time, now)

@@ -17,6 +17,14 @@ def parse_time(value: str | None) -> datetime | None:
     return datetime.fromisoformat(value.replace("Z", "+00:00"))
 
 
+def seconds_left(limit_seconds: int | None, since: str | None, now: datetime) -> float | None:
+    """Seconds until ``limit_seconds`` after the timestamp ``since`` (negative once past); None when either is unset."""
+    start = parse_time(since)
+    if limit_seconds is None or start is None:
+        return None
+    return (start + timedelta(seconds=int(limit_seconds)) - now).total_seconds()
+
+
 def format_time(value: datetime) -> str:
     return value.astimezone(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
 

@@ -2,15 +2,11 @@
 
 from __future__ import annotations
 
-from datetime import datetime, timedelta
+from datetime import datetime
 
-from m2f_operator.policies.observe import parse_time
+from m2f_operator.policies.observe import seconds_left
 
 
 def ttl_remaining(spec: dict, completion_time: str | None, now: datetime) -> float | None:
     """Seconds until the finished resource is deleted (<= 0: delete now); None: keep it."""
-    ttl = spec.get("ttlSecondsAfterFinished")
-    finished = parse_time(completion_time)
-    if ttl is None or finished is None:
-        return None
-    return (finished + timedelta(seconds=int(ttl)) - now).total_seconds()
+    return seconds_left(spec.get("ttlSecondsAfterFinished"), completion_time, now)
