@@ -37,45 +37,45 @@ def _names(categories) -> dict[int, str]:
     return names
 
 
-def panoptic_metrics(results: Mapping, categories=None, num_images: int | None = None) -> dict:
-    """pq_compute's result -> flat metrics."""
+INSTANCE_KEYS = ("AP", "AP50", "AP75", "APs", "APm", "APl")
+SEMANTIC_KEYS = ("mIoU", "fwIoU", "mACC", "pACC")
+
+
+def _flat(mode: str, top: dict, per_class: Mapping, categories, num_images: int | None) -> dict:
+    """The shared layout: mode, the top-level numbers, per_class {id: {name, ...}}, num_images."""
     names = _names(categories)
-    metrics: dict = {"mode": "panoptic"}
-    for group, suffix in (("All", ""), ("Things", "_th"), ("Stuff", "_st")):
-        for key in ("pq", "sq", "rq"):
-            metrics[key.upper() + suffix] = float(results[group][key])
-        metrics["N" + suffix] = int(results[group]["n"])
-    metrics["per_class"] = {str(cid): {"name": names.get(int(cid), str(cid)), "PQ": float(v["pq"]),
-                                       "SQ": float(v["sq"]), "RQ": float(v["rq"])}
-                            for cid, v in results["per_class"].items()}
+    metrics: dict = {"mode": mode, **top}
+    metrics["per_class"] = {str(cid): {"name": names.get(int(cid), str(cid)), **values}
+                            for cid, values in per_class.items()}
     if num_images is not None:
         metrics["num_images"] = int(num_images)
     return metrics
+
+
+def panoptic_metrics(results: Mapping, categories=None, num_images: int | None = None) -> dict:
+    """pq_compute's result -> flat metrics."""
+    top: dict = {}
+    for group, suffix in (("All", ""), ("Things", "_th"), ("Stuff", "_st")):
+        for key in ("pq", "sq", "rq"):
+            top[key.upper() + suffix] = float(results[group][key])
+        top["N" + suffix] = int(results[group]["n"])
+    per_class = {cid: {"PQ": float(v["pq"]), "SQ": float(v["sq"]), "RQ": float(v["rq"])}
+                 for cid, v in results["per_class"].items()}
+    return _flat("panoptic", top, per_class, categories, num_images)
 
 
 def instance_metrics(results: Mapping, categories=None, num_images: int | None = None) -> dict:
     """evaluate_instances' result -> flat metrics."""
-    names = _names(categories)
-    metrics: dict = {"mode": "instance"}
-    metrics.update({key: float(results[key]) for key in ("AP", "AP50", "AP75", "APs", "APm", "APl")})
-    metrics["per_class"] = {str(cid): {"name": names.get(int(cid), str(cid)), "AP": float(ap)}
-                            for cid, ap in results["per_class"].items()}
-    if num_images is not None:
-        metrics["num_images"] = int(num_images)
-    return metrics
+    top = {key: float(results[key]) for key in INSTANCE_KEYS}
+    per_class = {cid: {"AP": float(ap)} for cid, ap in results["per_class"].items()}
+    return _flat("instance", top, per_class, categories, num_images)
 
 
 def semantic_metrics(results: Mapping, categories=None, num_images: int | None = None) -> dict:
     """SemanticConfusion.compute()'s result -> flat metrics."""
-    names = _names(categories)
-    metrics: dict = {"mode": "semantic"}
-    metrics.update({key: float(results[key]) for key in ("mIoU", "fwIoU", "mACC", "pACC")})
-    metrics["per_class"] = {str(cid): {"name": names.get(int(cid), str(cid)), "IoU": float(v["IoU"]),
-                                       "ACC": float(v["ACC"])}
-                            for cid, v in results["per_class"].items()}
-    if num_images is not None:
-        metrics["num_images"] = int(num_images)
-    return metrics
+    top = {key: float(results[key]) for key in SEMANTIC_KEYS}
+    per_class = {cid: {"IoU": float(v["IoU"]), "ACC": float(v["ACC"])} for cid, v in results["per_class"].items()}
+    return _flat("semantic", top, per_class, categories, num_images)
 
 
 def _pct(value) -> str:
@@ -94,12 +94,12 @@ def format_table(metrics: Mapping) -> str:
                          f"{_pct(metrics['RQ' + suffix])} {metrics['N' + suffix]:5d}")
         columns = ("PQ", "SQ", "RQ")
     elif mode == "instance":
-        keys = ("AP", "AP50", "AP75", "APs", "APm", "APl")
+        keys = INSTANCE_KEYS
         lines.append(" | ".join(f"{k:>5s}" for k in keys))
         lines.append(" | ".join(_pct(metrics[k]) for k in keys))
         columns = ("AP",)
     elif mode == "semantic":
-        keys = ("mIoU", "fwIoU", "mACC", "pACC")
+        keys = SEMANTIC_KEYS
         lines.append(" | ".join(f"{k:>5s}" for k in keys))
         lines.append(" | ".join(_pct(metrics[k]) for k in keys))
         columns = ("IoU", "ACC")
