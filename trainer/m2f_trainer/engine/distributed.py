@@ -193,8 +193,9 @@ def build_strategy(strategy_name: str, plan: LaunchPlan, timeout_s: float | None
         return ModelParallelStrategy(
             data_parallel_size=plan.world_size, tensor_parallel_size=1,
             save_distributed_checkpoint=False, process_group_backend=backend, timeout=timeout)
-    # Some Mask2Former parameters (e.g. aux heads when deep supervision is off) do not take part in every step.
-    return DDPStrategy(process_group_backend=backend, timeout=timeout, find_unused_parameters=True)
+    # Every trainable Mask2Former parameter gets a gradient each step (the aux predictions share the heads),
+    # so DDP needs no per-step search for unused parameters.
+    return DDPStrategy(process_group_backend=backend, timeout=timeout, find_unused_parameters=False)
 
 
 PRECISIONS = {"fp32": "32-true", "fp16": "16-mixed", "bf16": "bf16-mixed"}
