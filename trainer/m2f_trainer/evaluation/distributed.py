@@ -14,3 +14,10 @@ def all_gather_objects(state) -> list:
     gathered = [None] * dist.get_world_size()
     dist.all_gather_object(gathered, state)
     return gathered
+
+
+def merged_across_ranks(local, empty):
+    """``empty`` (a fresh evaluator of ``local``'s kind) with every rank's ``state_dict()`` merged in rank order."""
+    for state in all_gather_objects(local.state_dict()):
+        empty.merge(state)
+    return empty

@@ -12,6 +12,7 @@ from pathlib import Path
 import numpy as np
 
 from m2f_trainer.errors import DataError
+from m2f_trainer.evaluation.distributed import merged_across_ranks
 from m2f_trainer.evaluation.formats import (
     check_instance_results,
     encode_instances,
@@ -116,12 +117,7 @@ class InstanceResults:
         self.results += list(state["results"])
 
     def all_gather(self) -> InstanceResults:
-        from m2f_trainer.evaluation.distributed import all_gather_objects
-
-        merged = InstanceResults()
-        for state in all_gather_objects(self.state_dict()):
-            merged.merge(state)
-        return merged
+        return merged_across_ranks(self, InstanceResults())
 
     def compute(self, gt_json) -> dict:
         return evaluate_instances(gt_json, self.results)

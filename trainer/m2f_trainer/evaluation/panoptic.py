@@ -27,6 +27,7 @@ from pathlib import Path
 import numpy as np
 
 from m2f_trainer.errors import DataError
+from m2f_trainer.evaluation.distributed import merged_across_ranks
 from m2f_trainer.evaluation.formats import read_json, read_panoptic_png
 
 VOID = 0
@@ -253,12 +254,7 @@ class PQAccumulator:
 
     def all_gather(self) -> PQAccumulator:
         """A new accumulator holding every rank's sums (merged in rank order, identical on all ranks)."""
-        from m2f_trainer.evaluation.distributed import all_gather_objects
-
-        merged = PQAccumulator()
-        for state in all_gather_objects(self.state_dict()):
-            merged.merge(state)
-        return merged
+        return merged_across_ranks(self, PQAccumulator())
 
     def compute(self, categories) -> dict:
         """panopticapi's result structure: {"All"|"Things"|"Stuff": {pq, sq, rq, n}, "per_class": {id: {pq, sq, rq}}}.

@@ -7,6 +7,7 @@ from collections.abc import Mapping, Sequence
 import numpy as np
 
 from m2f_trainer.errors import DataError
+from m2f_trainer.evaluation.distributed import merged_across_ranks
 
 
 class SemanticConfusion:
@@ -68,12 +69,7 @@ class SemanticConfusion:
 
     def all_gather(self) -> SemanticConfusion:
         """A new evaluator holding the sum of every rank's matrix."""
-        from m2f_trainer.evaluation.distributed import all_gather_objects
-
-        merged = SemanticConfusion(self.num_classes, self.ignore_label)
-        for state in all_gather_objects(self.state_dict()):
-            merged.merge(state)
-        return merged
+        return merged_across_ranks(self, SemanticConfusion(self.num_classes, self.ignore_label))
 
     def compute(self, class_ids: Sequence[int] | None = None) -> dict:
         """{"mIoU", "fwIoU", "mACC", "pACC", "per_class": {class_id: {"IoU", "ACC"}}} as fractions (0..1).
