@@ -7,7 +7,7 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from torch import nn
 
-from m2f_trainer.model.matcher import HungarianMatcher, MatchIndices
+from m2f_trainer.model.matcher import HungarianMatcher, MatchIndices, pad_to_canvas, target_canvas
 from m2f_trainer.model.point_sampling import (
     calculate_uncertainty,
     point_sample,
@@ -125,14 +125,11 @@ class SetCriterion(nn.Module):
     def _matched_target_masks(targets: list[dict], indices: MatchIndices, like: torch.Tensor) -> torch.Tensor:
         # Only the matched masks are converted to float (the original pads and converts every target first);
         # targets of different sizes are zero-padded bottom/right to the largest, as nested tensors are.
-        height = max(t["masks"].shape[-2] for t in targets)
-        width = max(t["masks"].shape[-1] for t in targets)
-        matched = []
-        for target, (_, tgt) in zip(targets, indices, strict=True):
-            masks = target["masks"][tgt.to(target["masks"].device)].to(device=like.device, dtype=like.dtype)
-            if masks.shape[-2:] != (height, width):
-                masks = F.pad(masks, (0, width - masks.shape[-1], 0, height - masks.shape[-2]))
-            matched.append(masks)
+        canvas = target_canvas(targets)
+        matched = [
+            pad_to_canvas(target["masks"][tgt.to(target["masks"].device)].to(device=like.device, dtype=like.dtype), canvas)
+            for target, (_, tgt) in zip(targets, indices, strict=True)
+        ]
         return torch.cat(matched)[:, None]
 
     def prediction_set_losses(

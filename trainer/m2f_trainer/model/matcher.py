@@ -34,6 +34,19 @@ def pairwise_dice_cost(pred_logits: torch.Tensor, target: torch.Tensor) -> torch
     return 1 - (numerator + 1) / (denominator + 1)
 
 
+def target_canvas(targets: list[dict]) -> tuple[int, int]:
+    """(H, W) that holds every target's masks: the batch's padded canvas."""
+    return max(t["masks"].shape[-2] for t in targets), max(t["masks"].shape[-1] for t in targets)
+
+
+def pad_to_canvas(masks: torch.Tensor, canvas: tuple[int, int]) -> torch.Tensor:
+    """Zero-pad ``[...,h,w]`` masks bottom/right to ``canvas`` (as the original's nested tensors)."""
+    height, width = canvas
+    if masks.shape[-2:] == canvas:
+        return masks
+    return F.pad(masks, (0, width - masks.shape[-1], 0, height - masks.shape[-2]))
+
+
 def sample_target_points(targets: list[dict], point_coords: torch.Tensor) -> torch.Tensor:
     """Target masks of every image at its points, ``[B, N_max, P]`` zero-padded to the largest segment count.
 
@@ -41,13 +54,10 @@ def sample_target_points(targets: list[dict], point_coords: torch.Tensor) -> tor
     different sizes are zero-padded bottom/right to the largest first (as the original's nested tensors), so
     that the normalised points address the same padded canvas as the predictions.
     """
-    height = max(t["masks"].shape[-2] for t in targets)
-    width = max(t["masks"].shape[-1] for t in targets)
+    canvas = target_canvas(targets)
     sampled = []
     for image_index, target in enumerate(targets):
-        masks = target["masks"].to(device=point_coords.device, dtype=torch.float32)
-        if masks.shape[-2:] != (height, width):
-            masks = F.pad(masks, (0, width - masks.shape[-1], 0, height - masks.shape[-2]))
+        masks = pad_to_canvas(target["masks"].to(device=point_coords.device, dtype=torch.float32), canvas)
         sampled.append(
             point_sample(masks[None], point_coords[image_index : image_index + 1], align_corners=False)[0]
         )
