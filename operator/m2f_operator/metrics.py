@@ -51,8 +51,3 @@ PHASES = PhaseTracker()
 def serve(port: int) -> None:
     if port:
         start_http_server(port, registry=REGISTRY)
-
-
-def api_request_count() -> float:
-    return sum(sample.value for metric in API_REQUESTS.collect() for sample in metric.samples
-               if sample.name.endswith("_total"))

@@ -135,9 +135,6 @@ class LabelMap:
         """Raw category id of a training class; KeyError if no category has that class."""
         return self._by_class[class_index].id
 
-    def category_of_class(self, class_index: int) -> Category:
-        return self._by_class[class_index]
-
     def name(self, class_index: int) -> str:
         category = self._by_class.get(class_index)
         return category.name if category else f"class_{class_index}"
