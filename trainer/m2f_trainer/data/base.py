@@ -149,6 +149,9 @@ class SegmentationDataset(Dataset):
         if mode not in ("panoptic", "instance", "semantic"):
             raise ValueError(f"mode must be panoptic, instance or semantic, not {mode!r}")
         self.label_map = label_map
+        # bool [num_classes] indexed by training class: instance mode keeps thing segments only.
+        self._is_thing_class = torch.zeros(label_map.num_classes, dtype=torch.bool)
+        self._is_thing_class[label_map.thing_classes] = True
         self.transforms = transforms
         self.drop_crowd = drop_crowd
         self.mode = mode
@@ -238,8 +241,7 @@ class SegmentationDataset(Dataset):
         if self.drop_crowd:
             wanted &= ~annotation.is_crowd
         if self.mode == "instance":
-            things = set(self.label_map.thing_classes)
-            wanted &= torch.tensor([int(c) in things for c in annotation.labels.tolist()], dtype=torch.bool)
+            wanted &= self._is_thing_class[annotation.labels]
         return wanted
 
     def _meta(self, record: ImageRecord, orig_size: tuple, image_size: tuple) -> dict:
