@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-import json
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
+from m2f_trainer.data.io import read_json
 from m2f_trainer.errors import DataError
 
 # Class index written into semantic maps for pixels that carry no label (void, crowd-free borders,
@@ -83,12 +83,7 @@ class LabelMap:
     def from_file(cls, path: str | Path, contiguous_id: bool) -> LabelMap:
         """Read a label-map file: a COCO categories list, or a COCO json with a ``categories`` key."""
         path = Path(path)
-        try:
-            content = json.loads(path.read_text(encoding="utf-8"))
-        except FileNotFoundError:
-            raise DataError(f"label map {path} does not exist") from None
-        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-            raise DataError(f"label map {path} is not readable JSON: {exc}") from None
+        content = read_json(path, "label map")
         if isinstance(content, Mapping):
             content = content.get("categories")
         return cls(parse_categories(content, str(path)), contiguous_id, source=str(path))
