@@ -6,6 +6,7 @@ import functools
 import json
 
 from m2f_operator.builders import meta
+from m2f_operator.builders.pods import processes_per_node
 from m2f_operator.policies.cleanup import CLEAN_POD_POLICIES
 
 TENSORRT_PRECISIONS = ("fp32", "fp16")
@@ -108,7 +109,7 @@ def spec_error(body: dict) -> str | None:
 def _gang_shape_error(spec: dict, experiment: dict) -> str | None:
     """spec.nodes / spec.gpusPerNode define the gang; an experiment may repeat them but not contradict them."""
     train = experiment.get("train") if isinstance(experiment.get("train"), dict) else {}
-    nodes, per_node = spec.get("nodes", 1), max(spec.get("gpusPerNode", 0), 1)
+    nodes, per_node = spec.get("nodes", 1), processes_per_node(spec.get("gpusPerNode", 0))
     if "num_nodes" in train and train["num_nodes"] != nodes:
         return (f"spec.experiment.train.num_nodes: {train['num_nodes']!r} disagrees with spec.nodes: {nodes} "
                 "(spec.nodes defines the gang; leave num_nodes out)")

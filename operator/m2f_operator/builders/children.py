@@ -5,6 +5,7 @@ from __future__ import annotations
 import yaml
 
 from m2f_operator.builders import meta
+from m2f_operator.builders.pods import processes_per_node
 
 
 def render_experiment(body: dict, results_root: str = meta.DEFAULT_RESULTS_ROOT) -> str:
@@ -18,7 +19,7 @@ def render_experiment(body: dict, results_root: str = meta.DEFAULT_RESULTS_ROOT)
         # gpu_ids go: a pod sees only the GPUs allocated to it, as devices 0..n-1.
         train = {k: v for k, v in (experiment.get("train") or {}).items() if k != "gpu_ids"}
         train["num_nodes"] = spec.get("nodes", 1)
-        train["num_gpus"] = max(spec.get("gpusPerNode", 0), 1)
+        train["num_gpus"] = processes_per_node(spec.get("gpusPerNode", 0))
         experiment["train"] = train
     return yaml.safe_dump(experiment, sort_keys=False)
 
