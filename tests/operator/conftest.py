@@ -40,28 +40,22 @@ def k8s_client(k8s_emulator: EmulatorThread):
 
 
 @pytest.fixture()
-def k8s_kubeconfig_env(k8s_emulator: EmulatorThread, monkeypatch: pytest.MonkeyPatch) -> Path:
-    """Point KUBECONFIG (and the kubernetes client's import-time default) at the emulator, so that
-    in-process kopf (KopfRunner's default login via the kubernetes client) and subprocesses find it."""
-    import kubernetes.config.kube_config as kube_config
-
-    monkeypatch.setenv("KUBECONFIG", str(k8s_emulator.kubeconfig))
-    monkeypatch.setattr(kube_config, "KUBE_CONFIG_DEFAULT_LOCATION", str(k8s_emulator.kubeconfig))
-    return k8s_emulator.kubeconfig
-
-
-@pytest.fixture()
 def kubectl(k8s_emulator: EmulatorThread) -> Callable[..., subprocess.CompletedProcess]:
     """Run the real kubectl against the emulator: ``kubectl("get", "pods", "-o", "json")``."""
     if KUBECTL is None:
         pytest.skip("kubectl is not installed (make install puts it in .venv/bin)")
 
+    # A discovery cache per emulator: kubectl keys its cache by host:port, and a port reused by another
+    # emulator with other CRDs would otherwise serve stale resource lists.
+    argv = [KUBECTL, "--kubeconfig", str(k8s_emulator.kubeconfig),
+            "--cache-dir", str(k8s_emulator.kubeconfig.parent / "kube-cache")]
+
     def run(*args: str, timeout: float = 60, check: bool = True, input: str | None = None):
-        result = subprocess.run([KUBECTL, "--kubeconfig", str(k8s_emulator.kubeconfig), *args],
+        result = subprocess.run([*argv, *args],
                                 capture_output=True, text=True, timeout=timeout, input=input)
         if check and result.returncode != 0:
             raise AssertionError(f"kubectl {' '.join(args)} failed ({result.returncode}): {result.stderr}")
         return result
 
-    run.argv = [KUBECTL, "--kubeconfig", str(k8s_emulator.kubeconfig)]  # for long-running `kubectl get -w`
+    run.argv = argv  # for long-running `kubectl get -w`
     return run

@@ -22,7 +22,8 @@ CRDS = {"mask2formertrains.mask2former.io", "mask2formerevaluates.mask2former.io
 
 
 def _kubectl(kubeconfig, *args: str, check: bool = True) -> subprocess.CompletedProcess:
-    result = subprocess.run([KUBECTL, "--kubeconfig", str(kubeconfig), *args], capture_output=True, text=True,
+    cache = ["--cache-dir", str(Path(kubeconfig).parent / "kube-cache")]  # kubectl keys its cache by host:port
+    result = subprocess.run([KUBECTL, "--kubeconfig", str(kubeconfig), *cache, *args], capture_output=True, text=True,
                             timeout=60)
     if check and result.returncode:
         raise AssertionError(f"kubectl {args}: {result.stderr}")

@@ -179,7 +179,12 @@ def test_lost_node_never_acknowledges_termination(cluster):
     while _process_state(pid) != "T" and time.monotonic() < deadline:
         time.sleep(0.1)
     assert _process_state(pid) == "T"  # frozen, like a partitioned machine
-    node = core.read_node(running.spec.node_name)
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:  # the kubelet posts the node status right after freezing the pods
+        node = core.read_node(running.spec.node_name)
+        if {c.type: c.status for c in node.status.conditions}["Ready"] == "Unknown":
+            break
+        time.sleep(0.1)
     assert {c.type: c.status for c in node.status.conditions}["Ready"] == "Unknown"
     core.delete_namespaced_pod("stranded", "default")
     time.sleep(2.5)  # well past the 1 s grace period: still Terminating
@@ -264,10 +269,10 @@ def test_kubectl_logs_follow_and_wide_listing(cluster, tmp_path):
     script = "import time\nfor i in range(3):\n    print('line', i)\n    time.sleep(0.5)\n"
     core.create_namespaced_pod("default", _pod("chatty", script))
     _wait(core, "chatty", lambda p: p and p.status.phase == "Running")
-    followed = subprocess.run([kubectl, "--kubeconfig", kubeconfig, "logs", "-f", "chatty"], capture_output=True,
+    followed = subprocess.run([kubectl, "--kubeconfig", kubeconfig, "--cache-dir", str(tmp_path / "kube-cache"), "logs", "-f", "chatty"], capture_output=True,
                               text=True, timeout=30)
     assert followed.stdout == "line 0\nline 1\nline 2\n"  # returned once the pod finished, nothing lost
-    wide = subprocess.run([kubectl, "--kubeconfig", kubeconfig, "get", "pod", "chatty", "-o", "wide", "--no-headers"],
+    wide = subprocess.run([kubectl, "--kubeconfig", kubeconfig, "--cache-dir", str(tmp_path / "kube-cache"), "get", "pod", "chatty", "-o", "wide", "--no-headers"],
                           capture_output=True, text=True, timeout=30).stdout.split()
     assert wide[2] == "Completed" and wide[5] == "127.0.0.1" and wide[6] in NODES
 
