@@ -121,12 +121,6 @@ def test_strategy_and_precision_mapping():
         distributed.lightning_precision("fp16", "cpu")
 
 
-def test_results_dir_override():
-    cfg = SimpleNamespace(results_dir="/spec")
-    assert distributed.results_dir(cfg, environ={}) == "/spec"
-    assert distributed.results_dir(cfg, environ={"M2F_RESULTS_DIR": "/op"}) == "/op"
-
-
 # ----------------------------------------------------------------------------------- checkpoints
 
 def test_atomic_save_keeps_the_previous_file_when_the_writer_dies(tmp_path):

@@ -208,9 +208,3 @@ def lightning_precision(precision: str, accelerator: str) -> str:
     if key == "fp16" and accelerator == "cpu":
         raise SpecError("train.precision=fp16 needs a GPU (no fp16 autocast on CPU); use bf16 or fp32 on CPU")
     return PRECISIONS[key]
-
-
-def results_dir(cfg: Any, environ: Mapping[str, str] | None = None) -> str:
-    """M2F_RESULTS_DIR (chosen by the operator per resource) overrides the spec's results_dir."""
-    environ = os.environ if environ is None else environ
-    return environ.get("M2F_RESULTS_DIR") or str(cfg.results_dir)

@@ -100,6 +100,10 @@ def train(cfg: Any) -> int:
     train_dir.mkdir(parents=True, exist_ok=True)
     if int(train_cfg.seed) >= 0:
         L.seed_everything(int(train_cfg.seed), workers=True, verbose=False)
+    if plan.accelerator == "gpu":
+        import torch
+
+        torch.backends.cudnn.deterministic = bool(train_cfg.cudnn.deterministic)
 
     model = build_model(cfg)
     criterion = build_criterion(cfg)
