@@ -12,8 +12,7 @@ import time
 import pytest
 import torch
 from m2f_trainer.data.synth import synthesize
-
-from tests.trainer.test_train_loop import LATEST, m2f_process, read_jsonl
+from test_train_loop import LATEST, m2f_process, read_jsonl
 
 DIGEST = re.compile(r"rank (\d) final weights sha256 ([0-9a-f]{64})")
 

@@ -258,7 +258,7 @@ def test_instance_and_semantic_modes_validate_evaluate_and_infer(kind, metric, o
 
 
 def test_rank_zero_reports_progress_to_the_owning_resource(synth_spec, tmp_path, monkeypatch):
-    from tests.trainer.test_engine_units import FakeApiServer
+    from test_engine_units import FakeApiServer
 
     server = FakeApiServer()
     monkeypatch.setenv("KUBECONFIG", str(server.kubeconfig(tmp_path / "kubeconfig")))

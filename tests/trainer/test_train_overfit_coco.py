@@ -7,8 +7,7 @@ import json
 import pytest
 import yaml
 from m2f_trainer.cli import main
-
-from tests.trainer.test_train_loop import read_jsonl
+from test_train_loop import read_jsonl
 
 STEPS = 100
 
