@@ -142,7 +142,9 @@ def test_delete_sends_sigterm_and_confirms_after_exit(cluster, tmp_path):
               "time.sleep(60)\n")
     core.create_namespaced_pod("default", _pod("graceful", script, grace=20))
     _wait(core, "graceful", lambda p: p and p.status.phase == "Running")
-    time.sleep(0.5)  # let the handler install
+    deadline = time.monotonic() + 30  # the handler is installed once the pod printed "ready"
+    while "ready" not in core.read_namespaced_pod_log("graceful", "default") and time.monotonic() < deadline:
+        time.sleep(0.1)
     began = time.monotonic()
     core.delete_namespaced_pod("graceful", "default")
     _wait(core, "graceful", lambda p: p is None, timeout=15)
@@ -157,7 +159,9 @@ def test_grace_period_expiry_kills_and_force_delete_kills_at_once(cluster):
     _wait(core, "stubborn", lambda p: p and p.status.phase == "Running")
     _wait(core, "forced", lambda p: p and p.status.phase == "Running")
     stubborn_pid, forced_pid = _pid(data_dir, "stubborn"), _pid(data_dir, "forced")
-    time.sleep(0.5)
+    deadline = time.monotonic() + 30  # SIGTERM is ignored once the pod printed "up"
+    while "up" not in core.read_namespaced_pod_log("stubborn", "default") and time.monotonic() < deadline:
+        time.sleep(0.1)
     core.delete_namespaced_pod("stubborn", "default")
     _wait(core, "stubborn", lambda p: p is None, timeout=15)
     assert _process_state(stubborn_pid) in (None, "Z")
