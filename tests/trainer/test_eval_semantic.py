@@ -92,6 +92,15 @@ def test_prediction_dir_with_label_pngs(tmp_path):
     again = evaluate_prediction_dir("semantic", tmp_path / "pred", gt_json=tmp_path / "val.jsonl",
                                     categories=[10, 20, 300])
     assert again["mIoU"] == metrics["mIoU"]
+    # A JSONL elsewhere whose paths are relative to the split's root_dir (as the semantic loader reads it).
+    (tmp_path / "lists").mkdir()
+    (tmp_path / "lists" / "val.jsonl").write_text((tmp_path / "val.jsonl").read_text())
+    rooted = evaluate_prediction_dir("semantic", tmp_path / "pred", gt_json=tmp_path / "lists" / "val.jsonl",
+                                     gt_root=tmp_path, categories=[10, 20, 300])
+    assert rooted["mIoU"] == metrics["mIoU"]
+    with pytest.raises(DataError, match="gt/a.png"):
+        evaluate_prediction_dir("semantic", tmp_path / "pred", gt_json=tmp_path / "lists" / "val.jsonl",
+                                categories=[10, 20, 300])
 
     # 0 is "unlabelled" in the ground truth when it is not a category id (ADE20k), like 255.
     write_semantic_png(tmp_path / "gt" / "a.png", np.where(GT == 255, 0, to_raw(GT)))

@@ -40,7 +40,7 @@ def _category_ids(categories) -> list[int]:
     return [int(c["id"]) if isinstance(c, Mapping) else int(c) for c in categories]
 
 
-def evaluate_prediction_dir(mode: str, pred_dir, *, gt_json=None, gt_folder=None, categories=None,
+def evaluate_prediction_dir(mode: str, pred_dir, *, gt_json=None, gt_folder=None, gt_root=None, categories=None,
                             ignore_label: int = 255, num_workers: int | None = None) -> dict:
     """Flat metrics (see report.py) of the predictions in `pred_dir` for `mode`.
 
@@ -49,7 +49,8 @@ def evaluate_prediction_dir(mode: str, pred_dir, *, gt_json=None, gt_folder=None
     - instance: `gt_json` COCO instances JSON, or a COCO panoptic JSON (+ `gt_folder`) whose thing
       segments become the instances;
     - semantic: `gt_folder` of label PNGs with raw ids matched to predictions by file stem, or
-      `gt_json` a JSONL of {"img_path", "mask_path"} lines (paths relative to the JSONL), or a COCO
+      `gt_json` a JSONL of {"img_path", "mask_path"} lines (relative paths resolve against `gt_root`, the
+      split's root_dir, else the JSONL's folder, as the semantic loader resolves them), or a COCO
       panoptic JSON (+ `gt_folder`) whose category per pixel is the label (VOID ignored). Ground
       truth `ignore_label` pixels, and 0 unless it is a category id, are ignored.
       `categories` (list of raw ids or {id, name} dicts, in class-index order) is required.
@@ -63,7 +64,7 @@ def evaluate_prediction_dir(mode: str, pred_dir, *, gt_json=None, gt_folder=None
         return _panoptic(pred_dir, gt_json, gt_folder, categories, num_workers)
     if mode == "instance":
         return _instance(pred_dir, gt_json, gt_folder, categories)
-    return _semantic(pred_dir, gt_json, gt_folder, categories, ignore_label)
+    return _semantic(pred_dir, gt_json, gt_folder, gt_root, categories, ignore_label)
 
 
 def _panoptic(pred_dir: Path, gt_json, gt_folder, categories, num_workers) -> dict:
@@ -93,10 +94,10 @@ def _default_folder(json_file) -> Path:
     return Path(text[: -len(".json")] if text.endswith(".json") else text)
 
 
-def _semantic_pairs(gt_json, gt_folder) -> Iterator[tuple[str, Path | None, dict | None]]:
+def _semantic_pairs(gt_json, gt_folder, gt_root=None) -> Iterator[tuple[str, Path | None, dict | None]]:
     """(stem, label PNG, panoptic annotation) per ground-truth image."""
     if gt_json is not None and str(gt_json).endswith(".jsonl"):
-        base = Path(gt_json).parent
+        base = Path(gt_root) if gt_root else Path(gt_json).parent
         try:
             lines = Path(gt_json).read_text(encoding="utf-8").splitlines()
         except FileNotFoundError:
@@ -129,7 +130,7 @@ def _semantic_pairs(gt_json, gt_folder) -> Iterator[tuple[str, Path | None, dict
         raise UserError("semantic evaluation of prediction files needs ground-truth label PNGs or a JSONL/JSON")
 
 
-def _semantic(pred_dir: Path, gt_json, gt_folder, categories, ignore_label: int) -> dict:
+def _semantic(pred_dir: Path, gt_json, gt_folder, gt_root, categories, ignore_label: int) -> dict:
     class_ids = _category_ids(categories)
     if not class_ids:
         raise UserError("semantic evaluation needs the categories (dataset.label_map) to map raw ids to classes")
@@ -144,7 +145,7 @@ def _semantic(pred_dir: Path, gt_json, gt_folder, categories, ignore_label: int)
     confusion = SemanticConfusion(len(class_ids), ignore_label=len(class_ids))
     pred_folder = _require(pred_dir / formats.SEMANTIC_DIR, "semantic/ folder")
     count = 0
-    for stem, gt_path, panoptic_ann in _semantic_pairs(gt_json, gt_folder):
+    for stem, gt_path, panoptic_ann in _semantic_pairs(gt_json, gt_folder, gt_root):
         pred_path = _require(pred_folder / f"{stem}.png", f"semantic prediction for {stem}")
         raw_pred = formats.read_semantic_png(pred_path)
         if panoptic_ann is not None:

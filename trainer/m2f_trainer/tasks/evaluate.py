@@ -83,8 +83,11 @@ def evaluate(cfg: Any) -> dict:
         gt_json = truth.panoptic_json or truth.instance_json or truth.annot_file
         gt_folder = truth.panoptic_dir
         log.info("scoring the %s predictions in %s against %s", mode, cfg.evaluate.predictions, gt_json)
+        # Relative JSONL paths resolve against the split's root_dir, as the semantic loader resolves them.
+        gt_root = getattr(truth.dataset, "root_dir", None)
         metrics = evaluate_prediction_dir(mode, Path(cfg.evaluate.predictions), gt_json=gt_json,
-                                          gt_folder=gt_folder, categories=truth.label_map.to_coco_categories())
+                                          gt_folder=gt_folder, gt_root=gt_root,
+                                          categories=truth.label_map.to_coco_categories())
     else:
         from m2f_trainer.engine.runner import build_runner
 
