@@ -93,6 +93,9 @@ def test_export_each_mode_and_batch_setting(cases, tmp_path, monkeypatch, capsys
     assert graph_input.name == "inputs"
     assert dims == ["batch" if batch_size == -1 else batch_size, 3, SIZE, SIZE]
     assert [o.name for o in model.graph.output] == list(OUTPUT_NAMES[mode])
+    batch_dims = {(o.type.tensor_type.shape.dim[0].dim_param or o.type.tensor_type.shape.dim[0].dim_value)
+                  for o in model.graph.output}
+    assert batch_dims == {"batch" if batch_size == -1 else batch_size}
 
     parity = json.loads(onnx_file.with_name(onnx_file.name + ".parity.json").read_text())
     assert parity["passed"] is True and parity["tolerance"] == 1e-3

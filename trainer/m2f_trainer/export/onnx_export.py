@@ -112,6 +112,19 @@ def _optimize_and_check(path: Path):
     return model
 
 
+def _declare_static_batch(path: Path, batch_size: int) -> None:
+    """The tracer leaves output batch dims symbolic even for a static batch; declare them."""
+    import onnx
+
+    model = onnx.load(str(path))
+    for output in model.graph.output:
+        first = output.type.tensor_type.shape.dim[0]
+        if not first.HasField("dim_value"):
+            first.dim_value = batch_size
+    onnx.checker.check_model(model, full_check=True)
+    onnx.save(model, str(path))
+
+
 def _ort_session(path: Path):
     import onnxruntime as ort
 
@@ -170,6 +183,8 @@ def export_onnx(wrapper: ExportWrapper, settings: ExportSettings, device: torch.
                 f"onnxruntime disagrees with PyTorch beyond export.parity_tolerance={settings.parity_tolerance:g} "
                 f"({worst}); no ONNX written, see {settings.parity_file}"
             )
+        if not settings.dynamic:
+            _declare_static_batch(tmp, settings.batch_size)
         os.replace(tmp, target)
         return report
     finally:
