@@ -70,7 +70,6 @@ def _torch_outputs(checkpoint: Path, mode: str, images: np.ndarray) -> dict[str,
         return {k: v.numpy() for k, v in zip(wrapper.output_names, wrapper(torch.from_numpy(images)), strict=True)}
 
 
-@pytest.mark.slow
 @pytest.mark.parametrize("batch_size", [-1, 2])
 @pytest.mark.parametrize("mode", list(OUTPUT_NAMES))
 def test_export_each_mode_and_batch_setting(cases, tmp_path, monkeypatch, capsys, mode, batch_size):
