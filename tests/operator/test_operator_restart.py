@@ -74,8 +74,9 @@ def test_entry_point_serves_liveness_and_metrics_and_reconciles(tmp_path):
             ns = cluster.namespace()
             cluster.create(ns, TRAIN, "run", {"experiment": TINY_EXPERIMENT, "nodes": 1, "gpusPerNode": 0})
             cluster.wait_pods(ns, ["run-worker-0"], timeout=60)
-            text = wait_for(lambda: (t := get(metrics_port, "/metrics")) and "m2f_operator_pods_created_total{" in t and t,
-                            30, "operator metrics")
+            # The duration is observed when the reconcile that created the pod returns: wait for both.
+            text = wait_for(lambda: (t := get(metrics_port, "/metrics")) and "m2f_operator_pods_created_total{" in t
+                            and "m2f_operator_reconcile_duration_seconds_bucket" in t and t, 30, "operator metrics")
             assert 'm2f_operator_pods_created_total{kind="Mask2FormerTrain"} 1.0' in text
             assert "m2f_operator_reconcile_duration_seconds_bucket" in text
         finally:

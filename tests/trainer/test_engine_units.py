@@ -297,6 +297,10 @@ class FakeApiServer:
 
 
 def test_status_reporter_merge_patches_status_progress_throttled(tmp_path, monkeypatch):
+    # Imported before KUBECONFIG is set, as in a pytest worker that ran other tests first: the client fixes
+    # its default kubeconfig path at import time, so the reporter must read KUBECONFIG itself.
+    import kubernetes.config  # noqa: F401
+
     server = FakeApiServer(fail_first=1)
     monkeypatch.setenv("KUBECONFIG", str(server.kubeconfig(tmp_path / "kubeconfig")))
     monkeypatch.delenv("KUBERNETES_SERVICE_HOST", raising=False)

@@ -89,7 +89,8 @@ class StatusReporter:
             try:
                 config.load_incluster_config()
             except config.ConfigException:
-                config.load_kube_config()  # KUBECONFIG in the dev cluster
+                # KUBECONFIG (the dev cluster) is read now: the client fixes its default path at import time.
+                config.load_kube_config(config_file=os.environ.get("KUBECONFIG"))
             self._api = client.CustomObjectsApi()
         return self._api
 
