@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 from pathlib import Path
 
@@ -36,3 +37,12 @@ def pytest_collection_modifyitems(config, items):
             from _pytest.nodeid import coerce_node_id
 
             item._id = coerce_node_id(tagged)
+
+
+@pytest.fixture(autouse=True)
+def fresh_log_handler():
+    """CLI tasks attach one stderr log handler per process; drop it so the next test's capsys gets the logs."""
+    yield
+    root = logging.getLogger()
+    for handler in [h for h in root.handlers if getattr(h, "_m2f", False)]:
+        root.removeHandler(handler)

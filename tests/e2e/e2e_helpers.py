@@ -9,6 +9,7 @@ trainer internals.
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import shutil
@@ -21,6 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import polling
 import yaml
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -42,19 +44,8 @@ GRACE_SECONDS = 3
 BAD_PHASES = ("Failed", "InvalidSpec")
 
 
-def wait_for(predicate: Callable[[], Any], timeout: float, what: str, report: Callable[[], str] | None = None,
-             interval: float = 0.5) -> Any:
-    """Poll `predicate` until it returns something truthy; on timeout fail with `report()` (status, log tails).
-    The predicate may raise AssertionError itself to fail fast (e.g. on a Failed phase)."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            detail = report() if report is not None else ""
-            raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}\n{detail}")
-        time.sleep(interval)
+# Most e2e predicates run kubectl or read files: poll at half-second steps.
+wait_for = functools.partial(polling.wait_for, interval=0.5)
 
 
 class Kubectl:

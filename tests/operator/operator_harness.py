@@ -12,9 +12,8 @@ import shutil
 import subprocess
 import sys
 import threading
-import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 
 import kubernetes
@@ -24,6 +23,7 @@ from kopf.testing import KopfRunner
 from kubernetes.client.rest import ApiException
 from m2f_operator.builders import meta
 from m2f_operator.emulator import run_emulator
+from polling import wait_for  # noqa: F401  (re-exported for the operator tests)
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 OPERATOR_ENV = {
@@ -32,17 +32,6 @@ OPERATOR_ENV = {
     "M2F_RESYNC_SECONDS": "1",
     "M2F_STUCK_TERMINATING_SECONDS": "2",
 }
-
-
-def wait_for(predicate: Callable[[], object], timeout: float = 30.0, what: str = "condition") -> object:
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
-        time.sleep(0.2)
 
 
 class Cluster:

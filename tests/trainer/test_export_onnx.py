@@ -4,7 +4,6 @@ tolerance of PyTorch; a failed parity gate leaves no ONNX behind; spec errors ex
 from __future__ import annotations
 
 import json
-import logging
 from pathlib import Path
 
 import numpy as np
@@ -46,15 +45,6 @@ def make_case(root: Path, mode: str, fit_steps: int = 0) -> tuple[Path, Path]:
     checkpoint = root / f"{mode}.pth"
     save_model_checkpoint(checkpoint, model.state_dict(), model.model_config)
     return spec, checkpoint
-
-
-@pytest.fixture(autouse=True)
-def fresh_log_handler():
-    """Tasks attach one stderr log handler per process; drop it so the next test's capsys gets the logs."""
-    yield
-    root = logging.getLogger()
-    for handler in [h for h in root.handlers if getattr(h, "_m2f", False)]:
-        root.removeHandler(handler)
 
 
 @pytest.fixture(scope="module")

@@ -4,7 +4,6 @@ from, on the synthetic set of every mode; plus the runner's batching and size ch
 from __future__ import annotations
 
 import json
-import logging
 import sys
 from pathlib import Path
 
@@ -24,14 +23,6 @@ from test_export_onnx import SIZE, make_case  # noqa: E402
 
 TINY = ["model.mask_former.dec_layers=2"]
 FIT_STEPS = 10  # enough for every mode's metrics to be above zero (non-vacuous equality) at default thresholds
-
-
-@pytest.fixture(autouse=True)
-def fresh_log_handler():
-    yield
-    root = logging.getLogger()
-    for handler in [h for h in root.handlers if getattr(h, "_m2f", False)]:
-        root.removeHandler(handler)
 
 
 def _export(root: Path, mode: str, batch_size: int = -1, fit_steps: int = 0) -> tuple[Path, Path, Path]:
