@@ -33,9 +33,9 @@ def _kubectl(kubeconfig, *args: str, check: bool = True) -> subprocess.Completed
 def _alive(pid: int) -> bool:
     try:
         os.kill(pid, 0)
-    except ProcessLookupError:
+        return not open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()[0] == "Z"
+    except (ProcessLookupError, FileNotFoundError):  # gone, or reaped between open and read
         return False
-    return not open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()[0] == "Z"
 
 
 def _wait_phase(kubeconfig, name: str, phase: str, timeout: float = 60) -> dict:

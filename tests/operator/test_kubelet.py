@@ -69,9 +69,10 @@ def _pid(data_dir: Path, name: str) -> int:
 
 
 def _process_state(pid: int) -> str | None:
+    # the process can be reaped between open() and read(): that read fails with ESRCH
     try:
         return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
-    except FileNotFoundError:
+    except (FileNotFoundError, ProcessLookupError):
         return None
 
 
