@@ -68,8 +68,9 @@ def test_export_each_mode_and_batch_setting(cases, tmp_path, monkeypatch, capsys
     monkeypatch.setenv("M2F_RESULTS_DIR", str(tmp_path / "results"))
     code = main(["export", "-e", str(spec), f"export.checkpoint={checkpoint}", f"export.batch_size={batch_size}",
                  *TINY])
-    out = capsys.readouterr().out
-    assert code == 0, out
+    captured = capsys.readouterr()
+    out = captured.out
+    assert code == 0, out + captured.err
     onnx_file = tmp_path / "results" / "export" / f"{checkpoint.stem}.onnx"
     assert f"ONNX file written to {onnx_file}" in out
 
@@ -90,6 +91,8 @@ def test_export_each_mode_and_batch_setting(cases, tmp_path, monkeypatch, capsys
     assert parity["passed"] is True and parity["tolerance"] == 1e-3
     assert set(parity["outputs"]) == set(OUTPUT_NAMES[mode])
     assert all(o["max_abs_diff"] <= 1e-3 and o["mismatches"] == 0 for o in parity["outputs"].values())
+    attention = parity["attention"]  # every decoder layer's decisions were compared
+    assert attention["decisions"] > 0 and attention["largest_flipped_logit"] <= attention["knife_edge"] == 4e-3
     for name in OUTPUT_NAMES[mode]:  # the printed table names every output
         assert any(line.strip().startswith(name) and line.endswith(" ok") for line in out.splitlines())
 

@@ -25,8 +25,14 @@ import numpy as np
 import torch
 
 from m2f_trainer.errors import SpecError
-from m2f_trainer.export.parity import ParityReport, compare_outputs, parity_inputs
-from m2f_trainer.export.wrappers import INPUT_NAME, ExportWrapper
+from m2f_trainer.export.parity import ParityReport, compare_attention, compare_outputs, parity_inputs
+from m2f_trainer.export.wrappers import (
+    ATTENTION_OUTPUT_PREFIX,
+    INPUT_NAME,
+    ExportWrapper,
+    WithAttentionDecisions,
+    probe_attention,
+)
 
 log = logging.getLogger(__name__)
 
@@ -74,9 +80,12 @@ class ExportSettings:
         return self.onnx_file.with_name(self.onnx_file.name + ".parity.json")
 
 
-def _trace_to_onnx(wrapper: ExportWrapper, example: torch.Tensor, path: Path, settings: ExportSettings) -> None:
+def _trace_to_onnx(wrapper: ExportWrapper | WithAttentionDecisions, example: torch.Tensor, path: Path, settings: ExportSettings) -> None:
     names = list(wrapper.output_names)
     dynamic_axes = {name: {0: "batch"} for name in [INPUT_NAME, *names]} if settings.dynamic else None
+    # The exporter puts the module back into the mode it found it in, recursively: a module left in
+    # training mode here would switch the model to training mode for the parity run that follows.
+    wrapper.eval()
     with torch.no_grad(), warnings.catch_warnings():
         # Tracer warnings about Python ints taken from static shapes are expected: shapes are fixed
         # at export time except for the batch.
@@ -125,6 +134,15 @@ def _declare_static_batch(path: Path, batch_size: int) -> None:
     onnx.save(model, str(path))
 
 
+def _check_published(path: Path, images: torch.Tensor, verified: dict[str, np.ndarray]) -> None:
+    """The published graph must reproduce the verified graph's outputs bit for bit."""
+    published = _run_onnx(path, images)
+    differing = [name for name, value in verified.items() if not np.array_equal(published[name], value)]
+    if differing:
+        raise ExportError(f"the graph without the attention outputs no longer reproduces the verified outputs "
+                          f"({', '.join(differing)})")
+
+
 def _ort_session(path: Path):
     import onnxruntime as ort
 
@@ -137,15 +155,53 @@ def _ort_session(path: Path):
         raise ExportError(f"onnxruntime cannot load the exported graph: {str(exc).splitlines()[0]}") from exc
 
 
-def verify_parity(wrapper: ExportWrapper, path: Path, settings: ExportSettings, device: torch.device) -> ParityReport:
-    batch = DYNAMIC_TRACE_BATCH if settings.dynamic else settings.batch_size
-    images = parity_inputs(batch, settings.input_size)
+def _run_onnx(path: Path, images: torch.Tensor) -> dict[str, np.ndarray]:
     session = _ort_session(path)
     names = [o.name for o in session.get_outputs()]
-    ort_outputs = dict(zip(names, session.run(None, {INPUT_NAME: images.numpy()}), strict=True))
-    with torch.no_grad():
+    return dict(zip(names, session.run(None, {INPUT_NAME: images.numpy()}), strict=True))
+
+
+def verify_parity(
+    wrapper: ExportWrapper, path: Path, images: torch.Tensor, settings: ExportSettings, device: torch.device
+) -> tuple[ParityReport, dict[str, np.ndarray]]:
+    """Run the graph at ``path`` (the wrapper's outputs plus ``_attention_<i>``) and PyTorch on ``images``;
+    where the attention decisions differ, PyTorch replays onnxruntime's (see parity.py). Returns the report
+    and onnxruntime's named outputs."""
+    ort_outputs = _run_onnx(path, images)
+    names = list(ort_outputs)
+    attention_names = [n for n in names if n.startswith(ATTENTION_OUTPUT_PREFIX)]
+    ort_decisions = [ort_outputs.pop(n) for n in attention_names]
+    with torch.no_grad(), probe_attention(wrapper.model) as probe:
         torch_outputs = wrapper.outputs_with_internals(images.to(device))
-    return compare_outputs(wrapper.mode, torch_outputs, ort_outputs, settings.parity_tolerance)
+    layers = len(ort_decisions)
+    attention = compare_attention(probe.logits[:layers], probe.decisions[:layers], ort_decisions,
+                                  settings.parity_tolerance)
+    if attention.flipped:
+        direct = compare_outputs(wrapper.mode, torch_outputs, ort_outputs, settings.parity_tolerance)
+        attention.direct_max_abs_diff = {o.name: o.max_abs_diff for o in direct.outputs if o.dtype == "float32"}
+        imposed = [torch.from_numpy(d).to(device) for d in ort_decisions]
+        with torch.no_grad(), probe_attention(wrapper.model, imposed=imposed):
+            torch_outputs = wrapper.outputs_with_internals(images.to(device))
+    report = compare_outputs(wrapper.mode, torch_outputs, ort_outputs, settings.parity_tolerance)
+    report.attention = attention
+    return report, ort_outputs
+
+
+def _drop_attention_outputs(path: Path) -> None:
+    """Publishable graph: the verified one without the ``_attention_<i>`` outputs (nothing else changes
+    but the removal of nodes that only fed them)."""
+    import onnx
+    import onnx_ir
+    import onnxscript.optimizer
+
+    ir_model = onnx_ir.serde.deserialize_model(onnx.load(str(path)))
+    kept = [v for v in ir_model.graph.outputs if not v.name.startswith(ATTENTION_OUTPUT_PREFIX)]
+    ir_model.graph.outputs.clear()
+    ir_model.graph.outputs.extend(kept)
+    onnxscript.optimizer.remove_unused_nodes(ir_model)
+    model = onnx_ir.serde.serialize_model(ir_model)
+    onnx.checker.check_model(model, full_check=True)
+    onnx.save(model, str(path))
 
 
 def _write_json(path: Path, payload: dict) -> None:
@@ -170,19 +226,18 @@ def export_onnx(wrapper: ExportWrapper, settings: ExportSettings, device: torch.
         example = torch.zeros(example_batch, 3, *settings.input_size, device=device)
         log.info("exporting %s mode, input %s x 3 x %d x %d, opset %d", wrapper.mode,
                  "batch" if settings.dynamic else settings.batch_size, *settings.input_size, settings.opset_version)
-        _trace_to_onnx(wrapper, example, tmp, settings)
+        _trace_to_onnx(WithAttentionDecisions(wrapper), example, tmp, settings)
         _optimize_and_check(tmp)
-        report = verify_parity(wrapper, tmp, settings, device)
+        images = parity_inputs(example_batch, settings.input_size)
+        report, verified = verify_parity(wrapper, tmp, images, settings, device)
         _write_json(settings.parity_file, {**report.to_dict(), "onnx_file": str(target)})
         if not report.passed:
-            worst = ", ".join(
-                f"{o.name} max_abs_diff={o.max_abs_diff:.3g}" + (f" mismatches={o.mismatches}" if o.mismatches else "")
-                for o in report.failures()
-            )
             raise ExportError(
                 f"onnxruntime disagrees with PyTorch beyond export.parity_tolerance={settings.parity_tolerance:g} "
-                f"({worst}); no ONNX written, see {settings.parity_file}"
+                f"({report.failure_text()}); no ONNX written, see {settings.parity_file}"
             )
+        _drop_attention_outputs(tmp)
+        _check_published(tmp, images, verified)
         if not settings.dynamic:
             _declare_static_batch(tmp, settings.batch_size)
         os.replace(tmp, target)

@@ -19,9 +19,14 @@ Outputs (the layout of TAO's exported Mask2Former; H, W = export.input_height / 
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
+
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from m2f_trainer.model.transformer_decoder import AttentionProbe
 
 OUTPUT_NAMES: dict[str, tuple[str, ...]] = {
     "semantic": ("pred_masks",),
@@ -29,6 +34,8 @@ OUTPUT_NAMES: dict[str, tuple[str, ...]] = {
     "panoptic": ("prob_masks", "pred_masks", "pred_scores", "pred_classes"),
 }
 INPUT_NAME = "inputs"
+# Extra outputs of the graph the parity gate runs (never of a published ONNX): layer i's attention decisions.
+ATTENTION_OUTPUT_PREFIX = "_attention_"
 
 
 def mode_of_outputs(names) -> str | None:
@@ -69,6 +76,39 @@ class ExportWrapper(nn.Module):
         if self.mode == "instance":
             return instance_outputs(class_logits, mask_logits, self.test_topk_per_image)
         return panoptic_outputs(class_logits, mask_logits)
+
+
+@contextlib.contextmanager
+def probe_attention(model: nn.Module, imposed: list[torch.Tensor] | None = None) -> Iterator[AttentionProbe]:
+    """Record (or impose) the masked-attention decisions of ``model``'s forward passes in this block."""
+    probe = AttentionProbe(imposed)
+    model.decoder.attention_probe = probe
+    try:
+        yield probe
+    finally:
+        model.decoder.attention_probe = None
+
+
+class WithAttentionDecisions(nn.Module):
+    """The wrapper's outputs followed by each decoder layer's attention decisions (bool ``[B,Q,HW]``).
+
+    The parity gate traces and runs this graph, then drops the extra outputs before publishing: the
+    computation of the named outputs is the same graph either way.
+    """
+
+    def __init__(self, wrapper: ExportWrapper):
+        super().__init__()
+        self.wrapper = wrapper
+        self.num_layers = int(wrapper.model.decoder.num_layers)
+
+    @property
+    def output_names(self) -> tuple[str, ...]:
+        return self.wrapper.output_names + tuple(f"{ATTENTION_OUTPUT_PREFIX}{i}" for i in range(self.num_layers))
+
+    def forward(self, inputs: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        with probe_attention(self.wrapper.model) as probe:
+            outputs = self.wrapper(inputs)
+        return outputs + tuple(probe.decisions[: self.num_layers])
 
 
 def semantic_outputs(class_logits: torch.Tensor, mask_logits: torch.Tensor) -> dict[str, torch.Tensor]:

@@ -99,6 +99,30 @@ class FFNLayer(nn.Module):
         return self.norm(tgt + self.dropout(self.linear2(self.dropout(F.relu(self.linear1(tgt))))))
 
 
+class AttentionProbe:
+    """Records the masked-attention decisions of one forward pass, or imposes given ones.
+
+    For the export parity gate: a mask logit within float rounding of 0 can fall on either side of the
+    ``sigmoid < 0.5`` cut in two backends, and one flipped key shifts every later prediction a little.
+    Replaying the other backend's decisions separates that knife edge from a wrong export.
+    ``decisions[i]`` (bool ``[B,Q,HW]``, True = masked) feeds decoder layer i; ``logits[i]`` are the
+    mask logits it was cut from.
+    """
+
+    def __init__(self, imposed: list[torch.Tensor] | None = None):
+        self.imposed = imposed
+        self.logits: list[torch.Tensor] = []
+        self.decisions: list[torch.Tensor] = []
+
+    def __call__(self, logits: torch.Tensor, masked: torch.Tensor) -> torch.Tensor:
+        index = len(self.decisions)
+        if self.imposed is not None and index < len(self.imposed):
+            masked = self.imposed[index].to(device=masked.device, dtype=torch.bool)
+        self.logits.append(logits)
+        self.decisions.append(masked)
+        return masked
+
+
 class MLP(nn.Module):
     def __init__(self, input_dim: int, hidden_dim: int, output_dim: int, num_layers: int):
         super().__init__()
@@ -164,6 +188,7 @@ class MultiScaleMaskedTransformerDecoder(nn.Module):
         self.class_embed = nn.Linear(hidden_dim, num_classes + 1)
         self.mask_embed = MLP(hidden_dim, hidden_dim, mask_dim, 3)
         self.activation_checkpoint = False
+        self.attention_probe: AttentionProbe | None = None  # set by the export parity gate only
 
     def forward(self, multi_scale_features: list[torch.Tensor], mask_features: torch.Tensor):
         srcs, positions, sizes = [], [], []
@@ -213,6 +238,8 @@ class MultiScaleMaskedTransformerDecoder(nn.Module):
             # A query whose mask is empty at this level attends everywhere (else its softmax row is undefined).
             # Out-of-place on purpose: the TorchScript ONNX exporter has no symbolic for in-place `&=`.
             masked = masked & ~masked.all(-1, keepdim=True)
+            if self.attention_probe is not None:
+                masked = self.attention_probe(small.flatten(2), masked)
             # One [B, 1, Q, HW] bias broadcast over the heads, in the attention's dtype.
             attn_bias = torch.zeros(masked.shape, dtype=mask_features.dtype, device=masked.device)
             attn_bias = attn_bias.masked_fill(masked, MASKED_BIAS).unsqueeze(1)
