@@ -102,3 +102,29 @@ def test_flips_away_from_the_knife_edge_fail_the_export(monkeypatch, checkpoint,
 def test_compare_attention(logits, ours, theirs, tolerance, flipped, passed):
     parity = compare_attention([torch.tensor([logits])], [torch.tensor([ours])], [np.array([theirs])], tolerance)
     assert (parity.decisions, parity.flipped, parity.passed) == (2, flipped, passed)
+
+
+@pytest.mark.slow
+def test_random_init_swin_t_exports_with_a_dynamic_batch(tmp_path, capsys):
+    """The case that used to fail the gate: TAO's Swin-T sample spec, random weights, dynamic batch at 320 px
+    (2.3e-3 on pred_masks before the replay, from a handful of flipped decisions)."""
+    from pathlib import Path
+
+    from m2f_trainer.cli import main
+    from m2f_trainer.config import load_spec
+    from m2f_trainer.model import build_model, save_model_checkpoint
+
+    spec = Path(__file__).parents[2] / "examples" / "specs" / "tao_coco_panoptic_swin_tiny.yaml"
+    overrides = ["model.backbone.pretrained_weights=null", f"results_dir={tmp_path}"]
+    torch.manual_seed(0)
+    model = build_model(load_spec(spec, overrides))
+    checkpoint = tmp_path / "swin_t_random.pth"
+    save_model_checkpoint(checkpoint, model.state_dict(), model.model_config)
+    onnx_file = tmp_path / "swin_t.onnx"
+    code = main(["export", "-e", str(spec), *overrides, f"export.checkpoint={checkpoint}",
+                 f"export.onnx_file={onnx_file}", "export.input_height=320", "export.input_width=320",
+                 "export.batch_size=-1", "export.on_cpu=true"])
+    assert code == 0, capsys.readouterr().err
+    parity = json.loads(onnx_file.with_name(onnx_file.name + ".parity.json").read_text())
+    assert parity["passed"] and parity["attention"]["decisions"] == 2 * 100 * 9 * (10 * 10 + 20 * 20 + 40 * 40) // 3
+    assert max(o["max_abs_diff"] for o in parity["outputs"].values()) <= 1e-4

@@ -100,13 +100,13 @@ class FFNLayer(nn.Module):
 
 
 class AttentionProbe:
-    """Records the masked-attention decisions of one forward pass, or imposes given ones.
+    """Records the masked-attention decisions of one forward pass, and can impose other ones.
 
     For the export parity gate: a mask logit within float rounding of 0 can fall on either side of the
     ``sigmoid < 0.5`` cut in two backends, and one flipped key shifts every later prediction a little.
     Replaying the other backend's decisions separates that knife edge from a wrong export.
-    ``decisions[i]`` (bool ``[B,Q,HW]``, True = masked) feeds decoder layer i; ``logits[i]`` are the
-    mask logits it was cut from.
+    ``decisions[i]`` (bool ``[B,Q,HW]``, True = masked) is what this pass computed for decoder layer i
+    from ``logits[i]``; with ``imposed``, layer i attends with ``imposed[i]`` instead.
     """
 
     def __init__(self, imposed: list[torch.Tensor] | None = None):
@@ -116,10 +116,10 @@ class AttentionProbe:
 
     def __call__(self, logits: torch.Tensor, masked: torch.Tensor) -> torch.Tensor:
         index = len(self.decisions)
-        if self.imposed is not None and index < len(self.imposed):
-            masked = self.imposed[index].to(device=masked.device, dtype=torch.bool)
         self.logits.append(logits)
         self.decisions.append(masked)
+        if self.imposed is not None and index < len(self.imposed):
+            return self.imposed[index].to(device=masked.device, dtype=torch.bool)
         return masked
 
 
