@@ -55,6 +55,8 @@ def configure_kopf(settings: kopf.OperatorSettings) -> None:
     # annotation keys grow with handler ids and collide). The diff-base stays an annotation: it is
     # metadata that the status subresource cannot hold.
     settings.persistence.progress_storage = kopf.StatusProgressStorage(field="status.kopf.progress")
+    # kopf adds its finalizer only for deletion handlers and daemons, which this operator has none of
+    # (owner references cascade); named anyway, so that one added later carries our group, not kopf's.
     settings.persistence.finalizer = f"{meta.GROUP}/operator"
     # After its own patch kopf waits for that version before judging the next event; on a busy API
     # server the default 5 s expires and a stale body re-runs the create handler (harmless, wasted).
