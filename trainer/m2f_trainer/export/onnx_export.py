@@ -80,7 +80,9 @@ class ExportSettings:
         return self.onnx_file.with_name(self.onnx_file.name + ".parity.json")
 
 
-def _trace_to_onnx(wrapper: ExportWrapper | WithAttentionDecisions, example: torch.Tensor, path: Path, settings: ExportSettings) -> None:
+def _trace_to_onnx(
+    wrapper: ExportWrapper | WithAttentionDecisions, example: torch.Tensor, path: Path, settings: ExportSettings
+) -> None:
     names = list(wrapper.output_names)
     dynamic_axes = {name: {0: "batch"} for name in [INPUT_NAME, *names]} if settings.dynamic else None
     # The exporter puts the module back into the mode it found it in, recursively: a module left in
