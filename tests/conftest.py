@@ -29,9 +29,7 @@ def repo_root() -> Path:
 
 @pytest.hookimpl(trylast=True)
 def pytest_collection_modifyitems(config, items):
-    """Group tags that take effect, and slow tests first.
-
-    pytest-xdist 3.8's `--dist loadgroup` tags grouped items through `item._nodeid`, which pytest 9 no
+    """pytest-xdist 3.8's `--dist loadgroup` tags grouped items through `item._nodeid`, which pytest 9 no
     longer reads (the id lives in `item._id`), so `xdist_group` silently did nothing: carry the tag over."""
     for item in items:
         tagged = item.__dict__.get("_nodeid")
@@ -39,9 +37,6 @@ def pytest_collection_modifyitems(config, items):
             from _pytest.nodeid import coerce_node_id
 
             item._id = coerce_node_id(tagged)
-    # Slow tests first (stable order otherwise): the 6-minute CPU overfit then starts on one worker while
-    # the other works through the rest, instead of running alone at the end.
-    items.sort(key=lambda item: item.get_closest_marker("slow") is None)
 
 
 @pytest.fixture(autouse=True)
