@@ -58,6 +58,7 @@ def test_overfitting_two_real_coco_images_to_pq_090(coco_sample_dir, tmp_path):
     metrics = json.loads((results / "evaluate" / "metrics.json").read_text())
 
     assert metrics["num_images"] == 2 and metrics["N"] == 8
+    assert metrics["PQ_st"] >= 0.6, metrics
     assert metrics["PQ"] >= 0.9, metrics
     losses = [r["loss"] for r in read_jsonl(results / "train" / "metrics.jsonl") if r["event"] == "step"]
     assert len(losses) == STEPS and sum(losses[-10:]) < 0.2 * sum(losses[:10])
