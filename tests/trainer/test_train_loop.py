@@ -231,6 +231,7 @@ def test_sigterm_saves_a_checkpoint_and_exits_143(target, tmp_path):
         assert proc.wait(timeout=120) == 143, (tmp_path / "train.log").read_text()[-3000:]
     finally:
         proc.kill()
+    assert (results / "train" / LATEST).exists(), (tmp_path / "train.log").read_text()[-3000:]
     checkpoint = torch.load(results / "train" / LATEST, map_location="cpu", weights_only=False)
     assert checkpoint["global_step"] >= 1 and checkpoint["optimizer_states"]
     assert not list((results / "train").glob("model_epoch_*.pth"))  # interval 100: only the SIGTERM save

@@ -154,10 +154,11 @@ class EpochCheckpoint(Callback):
     def on_exception(self, trainer, pl_module, exception: BaseException) -> None:
         from lightning.pytorch.utilities.exceptions import SIGTERMException
 
-        from m2f_trainer.engine.signals import worker_killed_by_sigterm
+        from m2f_trainer.engine.signals import failed_after_sigterm, quiet_worker_exits
 
-        if not (isinstance(exception, SIGTERMException) or worker_killed_by_sigterm(exception)):
+        if not (isinstance(exception, SIGTERMException) or failed_after_sigterm(exception)):
             return
+        quiet_worker_exits()  # already done by our SIGTERM handler, unless a worker's death beat it here
         # Lightning raises SIGTERMException between steps: model and optimizer state are consistent.
         path = self.train_dir / LATEST_NAME
         try:

@@ -24,10 +24,29 @@ class _State:
     # Lightning chains to the handler that was installed before it, so ours must stay quiet then.
     deferred = False
     received = False
+    sigchld_before_quiet = None  # torch's DataLoader handler, put back when the task ends
+
+
+def _ignore_child_exit(signum, frame) -> None:
+    pass
+
+
+def quiet_worker_exits() -> None:
+    """Stop torch's DataLoader SIGCHLD handler from raising "DataLoader worker ... is killed" once we are
+    terminating. That handler raises wherever the main thread happens to be, e.g. halfway through writing
+    the SIGTERM checkpoint, which then fails ("unexpected pos"). A dead worker is still noticed when the
+    DataLoader next waits on it, which is at a step boundary. A Python no-op rather than SIG_IGN: an
+    ignored SIGCHLD makes the kernel reap children itself, which breaks multiprocessing's bookkeeping."""
+    if threading.current_thread() is not threading.main_thread():
+        return
+    previous = signal.signal(signal.SIGCHLD, _ignore_child_exit)
+    if previous is not _ignore_child_exit:
+        _State.sigchld_before_quiet = previous
 
 
 def _on_sigterm(signum, frame) -> None:
     _State.received = True
+    quiet_worker_exits()  # a SIGTERM to the process group kills the DataLoader workers too
     if not _State.deferred:
         raise Terminated(f"received signal {signum}")
     log.info("SIGTERM: finishing the current step, then saving a checkpoint")
@@ -47,6 +66,9 @@ def terminate_on_sigterm() -> Iterator[None]:
         yield
     finally:
         signal.signal(signal.SIGTERM, previous)
+        if _State.sigchld_before_quiet is not None:  # a later task in this process gets worker checks back
+            signal.signal(signal.SIGCHLD, _State.sigchld_before_quiet)
+            _State.sigchld_before_quiet = None
         _State.deferred = False
 
 
@@ -60,10 +82,6 @@ class DeferSigtermToTrainer(Callback):
         _State.deferred = False
 
 
-def sigterm_received() -> bool:
-    return _State.received
-
-
 def is_termination(exc: BaseException) -> bool:
     """Whether a task that raised `exc` was terminated: our or Lightning's SIGTERM exception, or any error
     after a SIGTERM (one sent to the whole process group also kills DataLoader workers, which surfaces in
@@ -73,7 +91,9 @@ def is_termination(exc: BaseException) -> bool:
     return isinstance(exc, (Terminated, SIGTERMException)) or _State.received
 
 
-def worker_killed_by_sigterm(exc: BaseException) -> bool:
-    """A DataLoader worker died of the same SIGTERM: the main process is between steps, so its model and
-    optimizer state are consistent and can be saved."""
-    return _State.received and isinstance(exc, RuntimeError) and "DataLoader worker" in str(exc)
+def failed_after_sigterm(exc: BaseException) -> bool:
+    """An error raised after a SIGTERM is its fallout: DataLoader workers killed by the same signal (the
+    next wait on them fails, or their queue breaks if one died while sending a batch), or peers already
+    gone. Those surface while fetching a batch or in a collective, never halfway through the optimizer
+    step, so model and optimizer state are still the last completed step and can be saved."""
+    return _State.received and isinstance(exc, Exception)

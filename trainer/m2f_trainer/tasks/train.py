@@ -23,9 +23,15 @@ def main(argv: list[str]) -> int:
             return train(cfg)
         except BaseException as exc:
             if is_termination(exc):
-                log.warning("terminated by SIGTERM; exiting %d", EXIT_TERMINATED)
+                log.warning("terminated by SIGTERM (%s); exiting %d", _describe(exc), EXIT_TERMINATED)
                 return EXIT_TERMINATED
             raise
+
+
+def _describe(exc: BaseException) -> str:
+    """Which exception carried the termination out, so an unusual way out is visible in the pod log."""
+    text = str(exc).strip().splitlines()
+    return f"{type(exc).__name__}: {text[0]}" if text else type(exc).__name__
 
 
 def _is_global_rank_zero(plan) -> bool:
