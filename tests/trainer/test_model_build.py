@@ -84,14 +84,36 @@ def test_deformable_encoder_levels_must_be_the_coarsest(tiny_spec):
         build_model(cfg)
 
 
-def test_freeze_and_activation_checkpoint_come_from_the_spec(tiny_spec):
-    cfg = load_spec(tiny_spec, ["train.freeze=[backbone, decoder.query_feat]", "train.activation_checkpoint=true"])
-    model = build_model(cfg)
+def test_freeze_comes_from_the_spec(tiny_spec):
+    model = build_model(load_spec(tiny_spec, ["train.freeze=[backbone, decoder.query_feat]"]))
     for name, param in model.named_parameters():
         frozen = name.startswith("backbone.") or name.startswith("decoder.query_feat.")
         assert param.requires_grad is not frozen, name
-    assert model.backbone.activation_checkpoint and model.decoder.activation_checkpoint
-    assert model.pixel_decoder.transformer.encoder.activation_checkpoint
+
+
+@pytest.mark.parametrize("overrides, backbone, encoder, decoder", [
+    (["train.activation_checkpoint=false"], False, False, False),
+    (["train.activation_checkpoint=true"], True, True, False),  # selective: timm backbones are all or nothing
+    (["train.activation_checkpoint=true", "train.activation_checkpoint_policy=full"], True, True, True),
+    (["train.activation_checkpoint=false", "model.backbone.swin.use_checkpoint=true"], True, False, False),
+])
+def test_activation_checkpoint_comes_from_the_spec(tiny_spec, overrides, backbone, encoder, decoder):
+    model = build_model(load_spec(tiny_spec, overrides))
+    assert model.backbone.activation_checkpoint is backbone
+    assert model.pixel_decoder.transformer.encoder.activation_checkpoint is encoder
+    assert model.decoder.activation_checkpoint is decoder
+
+
+def test_selective_checkpointing_of_a_swin_spec_stops_at_stride_8(tiny_spec):
+    model = build_model(load_spec(tiny_spec, ["model.backbone.timm_name=null", "train.activation_checkpoint=true"]))
+    assert model.backbone.checkpointed_stages == {0, 1}
+    model.set_activation_checkpoint(True, "full")
+    assert model.backbone.checkpointed_stages == {0, 1, 2, 3}
+
+
+def test_unknown_activation_checkpoint_policy_is_a_spec_error(tiny_spec):
+    with pytest.raises(SpecError, match="train.activation_checkpoint_policy"):
+        load_spec(tiny_spec, ["train.activation_checkpoint_policy=most"])
 
 
 def test_freeze_prefix_that_matches_nothing_is_a_spec_error(tiny_spec):

@@ -71,9 +71,9 @@ def test_every_backbone_variant_builds_runs_and_backpropagates(variant):
     ]
 
     losses, grads = [], []
-    for checkpointing in (False, True):
+    for policy in (None, "selective", "full"):
         model.zero_grad(set_to_none=True)
-        model.set_activation_checkpoint(checkpointing)
+        model.set_activation_checkpoint(policy is not None, policy or "selective")
         outputs = model(images)
         assert outputs["pred_logits"].shape == (2, 5, 4)
         assert outputs["pred_masks"].shape == (2, 5, 16, 24)
@@ -84,10 +84,11 @@ def test_every_backbone_variant_builds_runs_and_backpropagates(variant):
         grads.append(_probe_grads(model))
         losses.append(loss.detach())
         assert all(torch.isfinite(g).all() for g in grads[-1].values())
-    torch.testing.assert_close(losses[0], losses[1])
-    assert grads[0].keys() == grads[1].keys() and len(grads[0]) > 10
-    for name in grads[0]:
-        torch.testing.assert_close(grads[1][name], grads[0][name], rtol=1e-4, atol=1e-5, msg=name)
+    for checkpointed_loss, checkpointed_grads in zip(losses[1:], grads[1:], strict=True):
+        torch.testing.assert_close(checkpointed_loss, losses[0])
+        assert checkpointed_grads.keys() == grads[0].keys() and len(grads[0]) > 10
+        for name in grads[0]:
+            torch.testing.assert_close(checkpointed_grads[name], grads[0][name], rtol=1e-4, atol=1e-5, msg=name)
 
     model.eval()
     with torch.no_grad():
@@ -102,27 +103,39 @@ def _tiny_swin_model(**overrides) -> Mask2Former:
     return build_model_from_config({**SMALL_HEAD, "backbone": backbone, **overrides})
 
 
-def test_activation_checkpointing_recomputes_backbone_encoder_and_decoder_layers():
+@pytest.mark.parametrize("policy, recomputed", [
+    ("selective", {"stride-4 swin block", "stride-8 swin block", "encoder layer"}),
+    ("full", {"stride-4 swin block", "stride-8 swin block", "stride-16 swin block", "encoder layer",
+              "decoder ffn"}),
+])
+def test_activation_checkpointing_recomputes_what_its_policy_names(policy, recomputed):
     model = _tiny_swin_model()
-    calls = {"swin block": 0, "encoder layer": 0, "decoder ffn": 0}
     watched = {
-        "swin block": model.backbone.layers[2].blocks[1],
+        "stride-4 swin block": model.backbone.layers[0].blocks[0],
+        "stride-8 swin block": model.backbone.layers[1].blocks[0],
+        "stride-16 swin block": model.backbone.layers[2].blocks[1],
         "encoder layer": model.pixel_decoder.transformer.encoder.layers[0],
         "decoder ffn": model.decoder.transformer_ffn_layers[1],
     }
+    calls = dict.fromkeys(watched, 0)
     for key, module in watched.items():
         # A pre-hook: the recompute stops early, once the last tensor needed by backward exists.
         module.register_forward_pre_hook(lambda *_, key=key: calls.__setitem__(key, calls[key] + 1))
     images = torch.randn(1, 3, 64, 64)
 
     _loss(model(images)).backward()
-    assert calls == {"swin block": 1, "encoder layer": 1, "decoder ffn": 1}
-    model.set_activation_checkpoint(True)
+    assert calls == dict.fromkeys(watched, 1)
+    model.set_activation_checkpoint(True, policy)
     _loss(model(images)).backward()
-    assert calls == {"swin block": 3, "encoder layer": 3, "decoder ffn": 3}  # forward + recompute in backward
+    assert calls == {key: 3 if key in recomputed else 2 for key in watched}  # forward + recompute in backward
     with torch.no_grad():
         model(images)
-    assert calls == {"swin block": 4, "encoder layer": 4, "decoder ffn": 4}  # nothing to recompute without grad
+    assert calls == {key: 4 if key in recomputed else 3 for key in watched}  # nothing to recompute without grad
+
+
+def test_unknown_activation_checkpoint_policy_is_refused():
+    with pytest.raises(ValueError, match="'everything'"):
+        _tiny_swin_model().set_activation_checkpoint(True, "everything")
 
 
 def test_swin_accepts_sizes_that_are_not_window_multiples_and_batch_items_are_independent():

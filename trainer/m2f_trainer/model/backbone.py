@@ -124,7 +124,18 @@ class SwinBackbone(nn.Module):
             self.absolute_pos_embed = None
         for i in self.out_indices:
             self.add_module(f"norm{i}", nn.LayerNorm(dims[i]))
-        self.activation_checkpoint = False
+        self.checkpointed_stages: frozenset[int] = frozenset()
+        self._stage_strides = [patch_size * 2**i for i in range(len(self.layers))]
+
+    def set_activation_checkpoint(self, enabled: bool, max_stride: int | None = None) -> None:
+        """Recompute the blocks of the stages at stride <= `max_stride` (all stages: None) in backward."""
+        self.checkpointed_stages = frozenset(
+            i for i, stride in enumerate(self._stage_strides) if enabled and (max_stride is None or stride <= max_stride)
+        )
+
+    @property
+    def activation_checkpoint(self) -> bool:
+        return bool(self.checkpointed_stages)
 
     def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
         x = self.patch_embed(x)  # NHWC
@@ -135,7 +146,7 @@ class SwinBackbone(nn.Module):
         for i, stage in enumerate(self.layers):
             x = stage.downsample(x)
             for block in stage.blocks:
-                if self.activation_checkpoint and torch.is_grad_enabled():
+                if i in self.checkpointed_stages and torch.is_grad_enabled():
                     x = checkpoint(block, x, use_reentrant=False)
                 else:
                     x = block(x)
@@ -161,6 +172,10 @@ class TimmFeatureBackbone(nn.Module):
         self.channels = self.body.feature_info.channels()
         self.strides = self.body.feature_info.reduction()
         self.activation_checkpoint = False
+
+    def set_activation_checkpoint(self, enabled: bool, max_stride: int | None = None) -> None:
+        """timm checkpoints a features_only model all or nothing, so `max_stride` cannot narrow it here."""
+        self.activation_checkpoint = enabled
 
     def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
         self.body.set_grad_checkpointing(self.activation_checkpoint)

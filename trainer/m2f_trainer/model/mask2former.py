@@ -19,6 +19,12 @@ from m2f_trainer.model.transformer_decoder import MultiScaleMaskedTransformerDec
 
 RES_NAMES = ("res2", "res3", "res4", "res5")
 
+# What `activation_checkpoint` recomputes. Every recomputed layer costs about the same on a launch-bound GPU,
+# but the memory it frees differs 10x (Swin-T, 384 px, fp32: an encoder layer 138 MiB, a stride-4 Swin block
+# 113, stride 8: 57, stride 16: 32, stride 32: 16, a decoder round 10). `selective` stops at stride 8.
+CHECKPOINT_POLICIES = ("selective", "full")
+SELECTIVE_MAX_STRIDE = 8
+
 # model_config defaults: the published Mask2Former recipe (docs/model.md documents every key).
 DEFAULT_MODEL_CONFIG: dict[str, Any] = {
     "num_queries": 100,
@@ -64,11 +70,15 @@ class Mask2Former(nn.Module):
             "aux_outputs": [{"pred_logits": c, "pred_masks": m} for c, m in predictions[:-1]],
         }
 
-    def set_activation_checkpoint(self, enabled: bool) -> None:
-        """Recompute backbone blocks, deformable encoder layers and decoder layers in backward."""
-        self.backbone.activation_checkpoint = enabled
+    def set_activation_checkpoint(self, enabled: bool, policy: str = "selective") -> None:
+        """Recompute in backward. `selective`: the deformable encoder layers and the backbone's stride-4 and
+        stride-8 stages; `full`: every backbone block, encoder layer and decoder round (docs/model.md)."""
+        if policy not in CHECKPOINT_POLICIES:
+            raise ValueError(f"activation checkpoint policy {policy!r}: expected one of {CHECKPOINT_POLICIES}")
+        full = policy == "full"
+        self.backbone.set_activation_checkpoint(enabled, max_stride=None if full else SELECTIVE_MAX_STRIDE)
         self.pixel_decoder.transformer.encoder.activation_checkpoint = enabled
-        self.decoder.activation_checkpoint = enabled
+        self.decoder.activation_checkpoint = enabled and full
 
     def freeze(self, prefixes: list[str] | tuple[str, ...], field: str = "train.freeze") -> list[str]:
         """Stop gradients of parameters whose name starts with any prefix; returns the frozen names."""
@@ -192,10 +202,11 @@ def build_model(cfg: Any) -> Mask2Former:
     if weights:
         load_backbone_weights(model.backbone, weights)
     train = getattr(cfg, "train", None)
-    model.set_activation_checkpoint(bool(getattr(train, "activation_checkpoint", False)))
+    policy = getattr(train, "activation_checkpoint_policy", "selective")
+    model.set_activation_checkpoint(bool(getattr(train, "activation_checkpoint", False)), policy)
     family = getattr(cfg.model.backbone, cfg.model.backbone.type, None)
     if getattr(family, "use_checkpoint", False):  # TAO's backbone-only switch
-        model.backbone.activation_checkpoint = True
+        model.backbone.set_activation_checkpoint(True, max_stride=None if policy == "full" else SELECTIVE_MAX_STRIDE)
     freeze = list(getattr(train, "freeze", None) or [])
     if freeze:
         model.freeze(freeze)
