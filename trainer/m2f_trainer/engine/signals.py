@@ -94,6 +94,6 @@ def is_termination(exc: BaseException) -> bool:
 def failed_after_sigterm(exc: BaseException) -> bool:
     """An error raised after a SIGTERM is its fallout: DataLoader workers killed by the same signal (the
     next wait on them fails, or their queue breaks if one died while sending a batch), or peers already
-    gone. Those surface while fetching a batch or in a collective, never halfway through the optimizer
-    step, so model and optimizer state are still the last completed step and can be saved."""
+    gone. Those surface while fetching a batch or in a forward/backward collective, not inside the
+    optimizer step, so model and optimizer state are still the last completed step and can be saved."""
     return _State.received and isinstance(exc, Exception)

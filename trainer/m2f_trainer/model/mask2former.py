@@ -25,6 +25,10 @@ RES_NAMES = ("res2", "res3", "res4", "res5")
 CHECKPOINT_POLICIES = ("selective", "full")
 SELECTIVE_MAX_STRIDE = 8
 
+
+def _backbone_max_stride(policy: str) -> int | None:
+    return None if policy == "full" else SELECTIVE_MAX_STRIDE
+
 # model_config defaults: the published Mask2Former recipe (docs/model.md documents every key).
 DEFAULT_MODEL_CONFIG: dict[str, Any] = {
     "num_queries": 100,
@@ -75,10 +79,9 @@ class Mask2Former(nn.Module):
         stride-8 stages; `full`: every backbone block, encoder layer and decoder round (docs/model.md)."""
         if policy not in CHECKPOINT_POLICIES:
             raise ValueError(f"activation checkpoint policy {policy!r}: expected one of {CHECKPOINT_POLICIES}")
-        full = policy == "full"
-        self.backbone.set_activation_checkpoint(enabled, max_stride=None if full else SELECTIVE_MAX_STRIDE)
+        self.backbone.set_activation_checkpoint(enabled, max_stride=_backbone_max_stride(policy))
         self.pixel_decoder.transformer.encoder.activation_checkpoint = enabled
-        self.decoder.activation_checkpoint = enabled and full
+        self.decoder.activation_checkpoint = enabled and policy == "full"
 
     def freeze(self, prefixes: list[str] | tuple[str, ...], field: str = "train.freeze") -> list[str]:
         """Stop gradients of parameters whose name starts with any prefix; returns the frozen names."""
@@ -206,7 +209,7 @@ def build_model(cfg: Any) -> Mask2Former:
     model.set_activation_checkpoint(bool(getattr(train, "activation_checkpoint", False)), policy)
     family = getattr(cfg.model.backbone, cfg.model.backbone.type, None)
     if getattr(family, "use_checkpoint", False):  # TAO's backbone-only switch
-        model.backbone.set_activation_checkpoint(True, max_stride=None if policy == "full" else SELECTIVE_MAX_STRIDE)
+        model.backbone.set_activation_checkpoint(True, max_stride=_backbone_max_stride(policy))
     freeze = list(getattr(train, "freeze", None) or [])
     if freeze:
         model.freeze(freeze)
