@@ -25,10 +25,10 @@ test: install
 	$(BIN)/python -m pytest -n 2 --dist loadgroup $(PYTEST_ARGS)
 
 demo: install
-	PATH=$(abspath $(BIN)):$$PATH $(BIN)/python -m m2f_operator.demo
+	PATH=$(abspath $(BIN)):$$PATH $(BIN)/python -m m2f_devcluster.demo
 
 lint: install
-	$(BIN)/ruff check trainer operator tests bench hack
+	$(BIN)/ruff check trainer operator devcluster tests bench hack
 
 bench: install
 	@for b in bench/*.py; do echo "== $$b"; $(BIN)/python $$b || exit 1; done

@@ -39,7 +39,7 @@ sys.path.insert(0, str(REPO / "operator"))
 sys.path.insert(0, str(REPO / "trainer"))
 
 from m2f_operator.builders import meta  # noqa: E402
-from m2f_operator.emulator import run_emulator  # noqa: E402
+from m2f_devcluster.emulator import run_emulator  # noqa: E402
 
 NAMESPACE = "bench"
 EXPERIMENT = {"model": {"mode": "panoptic", "sem_seg_head": {"num_classes": 4}}, "train": {"num_epochs": 1}}

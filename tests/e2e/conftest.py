@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 from e2e_helpers import KUBECTL, NAMESPACE, OPERATOR_ENV, ClusterEnv, Kubectl, Recorder
-from m2f_operator.devcluster import DevCluster
+from m2f_devcluster import DevCluster
 
 DATASET_IN_PODS = "/datasets/synth"
 

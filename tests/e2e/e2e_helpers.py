@@ -225,7 +225,7 @@ def pod_exit_code(pod: dict) -> int | None:
 class ClusterEnv:
     """A running dev cluster with kubectl and a watch recorder bound to it."""
 
-    cluster: Any  # m2f_operator.devcluster.DevCluster (used only for its data dir and fault helpers)
+    cluster: Any  # m2f_devcluster.DevCluster (used only for its data dir and fault helpers)
     kubectl: Kubectl
     recorder: Recorder
     dataset: str  # the dataset folder as pods see it (on the `datasets` PVC)

@@ -12,8 +12,8 @@ from pathlib import Path
 
 import pytest
 import yaml
-from m2f_operator.devcluster import DevCluster
-from m2f_operator.devcluster.cli import PID_FILE
+from m2f_devcluster import DevCluster
+from m2f_devcluster.cli import PID_FILE
 from m2f_trainer.cli import main as m2f
 
 KUBECTL = shutil.which("kubectl", path=str(Path(sys.executable).parent)) or "kubectl"

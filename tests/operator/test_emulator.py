@@ -307,7 +307,7 @@ def test_dry_run_changes_nothing_and_rbac_names_may_hold_colons(k8s_client, core
 
 
 def test_watch_from_a_version_older_than_the_history_is_gone():
-    from m2f_operator.emulator import ApiError, ObjectStore
+    from m2f_devcluster.emulator import ApiError, ObjectStore
 
     store = ObjectStore(watch_history=5)
     configmaps = store.find_type("", "v1", "configmaps")
@@ -324,7 +324,7 @@ def test_watch_from_a_version_older_than_the_history_is_gone():
 def test_watch_gone_over_http_is_an_error_event_in_a_200_stream():
     import urllib.request
 
-    from m2f_operator.emulator import run_emulator
+    from m2f_devcluster.emulator import run_emulator
 
     with run_emulator(watch_history=3) as api:
         for index in range(6):

@@ -10,8 +10,8 @@ from pathlib import Path
 import kubernetes
 import pytest
 from kubernetes.client.rest import ApiException
-from m2f_operator.emulator import run_emulator
-from m2f_operator.kubelet import PathMap, rewrite_cluster_dns, run_kubelet
+from m2f_devcluster.emulator import run_emulator
+from m2f_devcluster.kubelet import PathMap, rewrite_cluster_dns, run_kubelet
 
 NODES = ("node-a", "node-b")
 

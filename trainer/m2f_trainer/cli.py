@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import importlib
 import sys
+from importlib.metadata import entry_points
 
 from m2f_trainer.errors import UserError
 
@@ -23,14 +24,24 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "schema": ("m2f_trainer.config.cli", "print the JSON Schema of the experiment spec"),
     "data": ("m2f_trainer.data.cli", "dataset tools: `data check`, `data synth`"),
     "convert-checkpoint": ("m2f_trainer.model.convert", "convert HF / detectron2 Mask2Former weights"),
-    "dev": ("m2f_operator.devcluster.cli", "embedded dev cluster: `dev up`, `dev down`"),
+}
+# Commands other distributions contribute (the dev cluster's `m2f dev`): entry points in this group, each
+# `name = "module"`. The trainer image does not install them; asking for one says what to install.
+PLUGIN_GROUP = "m2f.commands"
+PLUGINS: dict[str, tuple[str, str]] = {
+    "dev": ("mask2former-operator[dev]", "embedded dev cluster: `dev up`, `dev down`, `dev status`"),
 }
 
 
+def _plugin_module(command: str) -> str | None:
+    found = entry_points(group=PLUGIN_GROUP).select(name=command)
+    return next(iter(found)).value if found else None
+
+
 def _usage() -> str:
-    width = max(map(len, COMMANDS))
+    width = max(map(len, {**COMMANDS, **PLUGINS}))
     lines = ["usage: m2f <command> [-e spec.yaml] [section.key=value ...]", "", "commands:"]
-    lines += [f"  {name:<{width}}  {help_}" for name, (_, help_) in COMMANDS.items()]
+    lines += [f"  {name:<{width}}  {help_}" for name, (_, help_) in {**COMMANDS, **PLUGINS}.items()]
     return "\n".join(lines)
 
 
@@ -40,10 +51,16 @@ def main(argv: list[str] | None = None) -> int:
         print(_usage())
         return 0 if argv else 2
     command, rest = argv[0], argv[1:]
-    if command not in COMMANDS:
-        print(f"m2f: unknown command {command!r}; choose from: {', '.join(COMMANDS)}", file=sys.stderr)
+    if command in PLUGINS:
+        module_name = _plugin_module(command)
+        if module_name is None:
+            print(f"error: `m2f {command}` is not installed here; install {PLUGINS[command][0]}", file=sys.stderr)
+            return 2
+    elif command in COMMANDS:
+        module_name = COMMANDS[command][0]
+    else:
+        print(f"m2f: unknown command {command!r}; choose from: {', '.join({**COMMANDS, **PLUGINS})}", file=sys.stderr)
         return 2
-    module_name = COMMANDS[command][0]
     try:
         module = importlib.import_module(module_name)
         # Modules serving several commands (validate/schema) take the command name first.

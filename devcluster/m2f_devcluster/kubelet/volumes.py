@@ -8,7 +8,7 @@ import logging
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 
-from m2f_operator.kubelet.podspec import PathMap, PodConfigError
+from m2f_devcluster.kubelet.podspec import PathMap, PodConfigError
 
 logger = logging.getLogger(__name__)
 

@@ -4,11 +4,11 @@
 ``with run_emulator() as api`` (a background thread; ``api.call(fn)`` runs ``fn(store)`` on its loop).
 """
 
-from m2f_operator.emulator.errors import ApiError
-from m2f_operator.emulator.resources import BUILTIN_TYPES, ResourceType
-from m2f_operator.emulator.runner import EmulatorThread, run_emulator
-from m2f_operator.emulator.server import Emulator, write_kubeconfig
-from m2f_operator.emulator.store import ObjectStore
+from m2f_devcluster.emulator.errors import ApiError
+from m2f_devcluster.emulator.resources import BUILTIN_TYPES, ResourceType
+from m2f_devcluster.emulator.runner import EmulatorThread, run_emulator
+from m2f_devcluster.emulator.server import Emulator, write_kubeconfig
+from m2f_devcluster.emulator.store import ObjectStore
 
 __all__ = ["ApiError", "BUILTIN_TYPES", "Emulator", "EmulatorThread", "ObjectStore", "ResourceType",
            "run_emulator", "write_kubeconfig"]

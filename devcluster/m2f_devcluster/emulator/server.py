@@ -23,13 +23,13 @@ import kmock
 import yaml
 from kmock._internal import rendering
 
-from m2f_operator.emulator import discovery, openapi, protobuf, tables
-from m2f_operator.emulator.errors import ApiError, not_found
-from m2f_operator.emulator.patches import APPLY_PATCH, PATCH_TYPES
-from m2f_operator.emulator.paths import ApiPath, parse_api_path
-from m2f_operator.emulator.resources import ResourceType
-from m2f_operator.emulator.selectors import SelectorError
-from m2f_operator.emulator.store import WATCH_HISTORY, ObjectStore
+from m2f_devcluster.emulator import discovery, openapi, protobuf, tables
+from m2f_devcluster.emulator.errors import ApiError, not_found
+from m2f_devcluster.emulator.patches import APPLY_PATCH, PATCH_TYPES
+from m2f_devcluster.emulator.paths import ApiPath, parse_api_path
+from m2f_devcluster.emulator.resources import ResourceType
+from m2f_devcluster.emulator.selectors import SelectorError
+from m2f_devcluster.emulator.store import WATCH_HISTORY, ObjectStore
 
 SERVER_VERSION = {
     "major": "1", "minor": "33", "gitVersion": "v1.33.0-m2f-emulator", "gitCommit": "", "gitTreeState": "clean",

@@ -1,6 +1,6 @@
 """A local kubelet for the dev cluster: runs the emulator's Pods as local process groups.
 
-See `m2f_operator.kubelet.kubelet` for the lifecycle and `podspec` for how container paths, cluster
+See `m2f_devcluster.kubelet.kubelet` for the lifecycle and `podspec` for how container paths, cluster
 DNS names and ports are mapped onto one machine. ``with run_kubelet(api_url, data_dir) as kubelet``
 serves from a background thread.
 """
@@ -13,8 +13,8 @@ import threading
 from collections.abc import Iterator
 from typing import Any
 
-from m2f_operator.kubelet.kubelet import LOST_NODE_ANNOTATION, Kubelet
-from m2f_operator.kubelet.podspec import PathMap, PodConfigError, rewrite_cluster_dns
+from m2f_devcluster.kubelet.kubelet import LOST_NODE_ANNOTATION, Kubelet
+from m2f_devcluster.kubelet.podspec import PathMap, PodConfigError, rewrite_cluster_dns
 
 __all__ = ["LOST_NODE_ANNOTATION", "Kubelet", "KubeletThread", "PathMap", "PodConfigError", "rewrite_cluster_dns",
            "run_kubelet"]

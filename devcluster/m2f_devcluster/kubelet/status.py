@@ -5,12 +5,12 @@ from __future__ import annotations
 import logging
 from typing import TYPE_CHECKING
 
-from m2f_operator.emulator.defaults import now_rfc3339
+from m2f_devcluster.emulator.defaults import now_rfc3339
 
 if TYPE_CHECKING:
-    from m2f_operator.kubelet.kubelet import ContainerRun, PodRun
+    from m2f_devcluster.kubelet.kubelet import ContainerRun, PodRun
 
-logger = logging.getLogger("m2f_operator.kubelet.kubelet")
+logger = logging.getLogger("m2f_devcluster.kubelet.kubelet")
 
 
 def exit_code(returncode: int) -> int:

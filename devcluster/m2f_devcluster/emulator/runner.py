@@ -10,8 +10,8 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any, TypeVar
 
-from m2f_operator.emulator.server import Emulator
-from m2f_operator.emulator.store import ObjectStore
+from m2f_devcluster.emulator.server import Emulator
+from m2f_devcluster.emulator.store import ObjectStore
 
 T = TypeVar("T")
 

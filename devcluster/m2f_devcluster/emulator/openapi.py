@@ -10,7 +10,7 @@ from __future__ import annotations
 import hashlib
 import json
 
-from m2f_operator.emulator.resources import ResourceType
+from m2f_devcluster.emulator.resources import ResourceType
 
 
 def _gv_path(group: str, version: str) -> str:

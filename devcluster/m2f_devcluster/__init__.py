@@ -3,6 +3,6 @@
 ``DevCluster(data_dir)`` is the same cluster as a context manager for tests and demos.
 """
 
-from m2f_operator.devcluster.cluster import DEFAULT_NODES, DevCluster, DevClusterConfig, install_crds
+from m2f_devcluster.cluster import DEFAULT_NODES, DevCluster, DevClusterConfig, install_crds
 
 __all__ = ["DEFAULT_NODES", "DevCluster", "DevClusterConfig", "install_crds"]

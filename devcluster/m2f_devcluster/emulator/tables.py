@@ -5,7 +5,7 @@ from __future__ import annotations
 import datetime
 import re
 
-from m2f_operator.emulator.resources import ResourceType
+from m2f_devcluster.emulator.resources import ResourceType
 
 _FILTER = re.compile(r"^\[\?\(@\.([\w.]+)\s*==\s*['\"]([^'\"]*)['\"]\)\]")
 _INDEX = re.compile(r"^\[(\d+)\]")

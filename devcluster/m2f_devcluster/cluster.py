@@ -21,8 +21,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from m2f_operator.emulator import Emulator
-from m2f_operator.kubelet import Kubelet
+from m2f_devcluster.emulator import Emulator
+from m2f_devcluster.kubelet import Kubelet
 
 logger = logging.getLogger(__name__)
 
@@ -103,8 +103,8 @@ class OperatorProcess:
 def install_crds(api: Emulator) -> list[str]:
     """Create (or update) the project's CRDs, generated from the spec schema like `make crds` does."""
     from m2f_operator.crds import build_crds
-    from m2f_operator.emulator.errors import ApiError
-    from m2f_operator.emulator.store import CRD_TYPE
+    from m2f_devcluster.emulator.errors import ApiError
+    from m2f_devcluster.emulator.store import CRD_TYPE
 
     names = []
     for crd in build_crds():

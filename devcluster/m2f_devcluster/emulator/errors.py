@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from m2f_operator.emulator.resources import ResourceType
+from m2f_devcluster.emulator.resources import ResourceType
 
 
 class ApiError(Exception):

@@ -6,8 +6,8 @@ import asyncio
 import copy
 from dataclasses import dataclass, field
 
-from m2f_operator.emulator.resources import ResourceType
-from m2f_operator.emulator.selectors import Predicate
+from m2f_devcluster.emulator.resources import ResourceType
+from m2f_devcluster.emulator.selectors import Predicate
 
 
 @dataclass(frozen=True)

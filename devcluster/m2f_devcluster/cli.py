@@ -19,7 +19,7 @@ import time
 import urllib.request
 from pathlib import Path
 
-from m2f_operator.devcluster.cluster import DEFAULT_NODES, DevClusterConfig, DevClusterRuntime
+from m2f_devcluster.cluster import DEFAULT_NODES, DevClusterConfig, DevClusterRuntime
 
 PID_FILE, READY_FILE, LOG_FILE = "devcluster.pid", "devcluster.ready.json", "devcluster.log"
 NOT_RUNNING = 3
@@ -92,7 +92,7 @@ def up(args: argparse.Namespace, data_dir: Path) -> int:
         return 0
     data_dir.mkdir(parents=True, exist_ok=True)
     (data_dir / READY_FILE).unlink(missing_ok=True)
-    argv = [sys.executable, "-m", "m2f_operator.devcluster", "serve", "--data-dir", str(data_dir),
+    argv = [sys.executable, "-m", "m2f_devcluster", "serve", "--data-dir", str(data_dir),
             "--nodes", str(args.nodes)]
     if args.port:
         argv += ["--port", str(args.port)]

@@ -3,7 +3,7 @@ the served resource types; kubectl 1.33 falls back to them from aggregated disco
 
 from __future__ import annotations
 
-from m2f_operator.emulator.resources import ALL_VERBS, ResourceType
+from m2f_devcluster.emulator.resources import ALL_VERBS, ResourceType
 
 _SUBRESOURCE_VERBS = {"status": ["get", "patch", "update"], "log": ["get"], "scale": ["get", "patch", "update"],
                       "binding": ["create"], "eviction": ["create"]}

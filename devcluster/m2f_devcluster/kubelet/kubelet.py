@@ -24,9 +24,9 @@ from pathlib import Path
 
 import aiohttp
 
-from m2f_operator.emulator.defaults import now_rfc3339
-from m2f_operator.kubelet import podspec, status, volumes
-from m2f_operator.kubelet.podspec import PodConfigError
+from m2f_devcluster.emulator.defaults import now_rfc3339
+from m2f_devcluster.kubelet import podspec, status, volumes
+from m2f_devcluster.kubelet.podspec import PodConfigError
 
 logger = logging.getLogger(__name__)
 
@@ -158,7 +158,7 @@ class Kubelet:
         self._stopping.set()
 
     async def _register_nodes(self) -> None:
-        from m2f_operator.emulator.defaults import node as node_manifest
+        from m2f_devcluster.emulator.defaults import node as node_manifest
 
         for name in self.nodes:
             while True:

@@ -14,17 +14,17 @@ import re
 import uuid
 from collections.abc import Iterator
 
-from m2f_operator.emulator import defaults
-from m2f_operator.emulator.errors import ApiError, conflict, invalid, not_found, qualified
-from m2f_operator.emulator.patches import PatchError, apply_patch
-from m2f_operator.emulator.resources import (
+from m2f_devcluster.emulator import defaults
+from m2f_devcluster.emulator.errors import ApiError, conflict, invalid, not_found, qualified
+from m2f_devcluster.emulator.patches import PatchError, apply_patch
+from m2f_devcluster.emulator.resources import (
     BUILTIN_TYPES,
     ResourceType,
     immutability_violations,
     types_from_crd,
 )
-from m2f_operator.emulator.selectors import parse_field_selector, parse_label_selector
-from m2f_operator.emulator.watches import Watcher, WatchEvent
+from m2f_devcluster.emulator.selectors import parse_field_selector, parse_label_selector
+from m2f_devcluster.emulator.watches import Watcher, WatchEvent
 
 _DNS_SUBDOMAIN = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$")
 CRD_TYPE = next(t for t in BUILTIN_TYPES if t.plural == "customresourcedefinitions")

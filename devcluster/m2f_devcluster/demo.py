@@ -137,7 +137,7 @@ def run_demo(data_dir: Path, timeout: float) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m m2f_operator.demo", description=__doc__)
+    parser = argparse.ArgumentParser(prog="python -m m2f_devcluster.demo", description=__doc__)
     parser.add_argument("--data-dir", type=Path, default=REPO / ".devcluster" / "demo")
     parser.add_argument("--timeout", type=float, default=480.0, help="seconds allowed per job")
     args = parser.parse_args(argv)
