@@ -19,9 +19,11 @@ from m2f_trainer.export.onnx_export import ExportSettings, export_onnx  # noqa: 
 from m2f_trainer.export.onnx_runner import ExportedModelRunner, OnnxRunner, predictions_from_exported  # noqa: E402
 from m2f_trainer.export.wrappers import OUTPUT_NAMES, ExportWrapper  # noqa: E402
 from m2f_trainer.model import load_model_checkpoint  # noqa: E402
+from cross_backend import assert_instances_match, assert_label_maps_match, assert_panoptic_dirs_match  # noqa: E402
 from test_export_onnx import SIZE, make_case  # noqa: E402
 
 TINY = ["model.mask_former.dec_layers=2"]
+METRIC_TOL = 5e-3
 FIT_STEPS = 10  # enough for every mode's metrics to be above zero (non-vacuous equality) at default thresholds
 
 
@@ -53,8 +55,11 @@ def test_evaluate_onnx_gives_the_checkpoints_metrics(exported, tmp_path, mode):
     ours = _flat(json.loads((tmp_path / "onnx" / "metrics.json").read_text()))
     theirs = _flat(json.loads((tmp_path / "torch" / "metrics.json").read_text()))
     assert ours.keys() == theirs.keys() and len(theirs) > 3
+    # Metrics are computed from predictions that may differ by a few boundary pixels and by tied-score swaps
+    # (cross_backend): one flipped pixel moves a small segment's IoU by ~2e-3, so metrics agree within 5e-3
+    # (half a point); counts and names exactly.
     for name, value in theirs.items():
-        assert ours[name] == (pytest.approx(value, abs=1e-6) if isinstance(value, float) else value), name
+        assert ours[name] == (pytest.approx(value, abs=METRIC_TOL) if isinstance(value, float) else value), name
     primary = {"panoptic": "PQ", "instance": "AP", "semantic": "mIoU"}[mode]
     assert theirs[primary] > 0  # the fitted model gets something right: the comparison is not vacuous
 
@@ -69,33 +74,26 @@ def _flat(metrics: dict, prefix: str = "") -> dict:
     return flat
 
 
-def _instances(path: Path) -> list[tuple]:
-    entries = json.loads(path.read_text())
-    return sorted((e["image_id"], e["category_id"], e["segmentation"]["counts"], round(e["score"], 5)) for e in entries)
-
-
 @pytest.mark.slow
 @pytest.mark.parametrize("mode", list(OUTPUT_NAMES))
 def test_inference_onnx_writes_the_checkpoints_predictions(exported, tmp_path, mode):
+    """Same images, categories and masks; scores within 1e-4 (see cross_backend for what rounding may move)."""
     spec, checkpoint, onnx_file = exported[mode]
     _run("inference", spec, f"inference.checkpoint={checkpoint}", tmp_path / "torch")
     _run("inference", spec, f"inference.onnx_file={onnx_file}", tmp_path / "onnx")
     if mode == "panoptic":
-        for png in sorted((tmp_path / "torch" / "panoptic").glob("*.png")):
-            assert np.array_equal(np.asarray(Image.open(png)), np.asarray(Image.open(tmp_path / "onnx" / "panoptic" / png.name)))
-        ours, theirs = (json.loads((tmp_path / side / "panoptic" / "predictions.json").read_text())["annotations"]
-                        for side in ("onnx", "torch"))
-        strip = [[{k: v for k, v in s.items() if k != "score"} for s in a["segments_info"]] for a in theirs]
-        assert strip == [[{k: v for k, v in s.items() if k != "score"} for s in a["segments_info"]] for a in ours]
-        assert sum(map(len, strip)) > 0
+        assert assert_panoptic_dirs_match(tmp_path / "onnx" / "panoptic", tmp_path / "torch" / "panoptic") > 0
     elif mode == "instance":
-        ours, theirs = (_instances(tmp_path / side / "instance" / "instances.json") for side in ("onnx", "torch"))
-        assert len(theirs) > 0 and ours == theirs
+        ours, theirs = (json.loads((tmp_path / side / "instance" / "instances.json").read_text())
+                        for side in ("onnx", "torch"))
+        assert len(theirs) > 0 and {e["image_id"] for e in ours} == {e["image_id"] for e in theirs}
+        assert_instances_match(ours, theirs)
     else:
         pngs = sorted((tmp_path / "torch" / "semantic").glob("*.png"))
         assert len(pngs) == 2
         for png in pngs:
-            assert np.array_equal(np.asarray(Image.open(png)), np.asarray(Image.open(tmp_path / "onnx" / "semantic" / png.name)))
+            assert_label_maps_match(np.asarray(Image.open(tmp_path / "onnx" / "semantic" / png.name)),
+                                    np.asarray(Image.open(png)), png.name)
     assert sorted(p.name for p in (tmp_path / "onnx" / "overlays").iterdir()) == ["000001.png", "000002.png"]
 
 
