@@ -38,8 +38,8 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "operator"))
 sys.path.insert(0, str(REPO / "trainer"))
 
-from m2f_operator.builders import meta  # noqa: E402
 from m2f_devcluster.emulator import run_emulator  # noqa: E402
+from m2f_operator.builders import meta  # noqa: E402
 
 NAMESPACE = "bench"
 EXPERIMENT = {"model": {"mode": "panoptic", "sem_seg_head": {"num_classes": 4}}, "train": {"num_epochs": 1}}

@@ -21,8 +21,8 @@ import pytest
 import yaml
 from kopf.testing import KopfRunner
 from kubernetes.client.rest import ApiException
-from m2f_operator.builders import meta
 from m2f_devcluster.emulator import run_emulator
+from m2f_operator.builders import meta
 from polling import wait_for  # noqa: F401  (re-exported for the operator tests)
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
