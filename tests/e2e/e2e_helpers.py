@@ -404,7 +404,7 @@ class Flows:
         self._threads[name] = thread
         thread.start()
 
-    def result(self, name: str, timeout: float = 600) -> Any:
+    def result(self, name: str, timeout: float = 1500) -> Any:
         thread = self._threads[name]
         thread.join(timeout)
         assert not thread.is_alive(), f"flow {name} still running after {timeout:.0f} s"

@@ -40,8 +40,10 @@ def pod(
     message: str = "",
     reason: str = "",
     deleting_since: timedelta | None = None,
+    finished_ago: timedelta | None = None,
 ) -> dict:
-    """A pod as observed; `deleting_since` is how long ago its deletion deadline passed."""
+    """A pod as observed; `deleting_since` is how long ago its deletion deadline passed, `finished_ago` how long
+    ago its container terminated."""
     body = {
         "metadata": {
             "name": meta.pod_name(name, role, index),
@@ -61,6 +63,8 @@ def pod(
         body["status"]["containerStatuses"] = [
             {"name": "m2f", "state": {"terminated": {"exitCode": exit_code, "message": message}}}
         ]
+        if finished_ago is not None:
+            body["status"]["containerStatuses"][0]["state"]["terminated"]["finishedAt"] = iso(NOW - finished_ago)
     if deleting_since is not None:
         body["metadata"]["deletionTimestamp"] = iso(NOW - deleting_since)
     return body

@@ -249,7 +249,7 @@ def test_watch_resumes_from_an_old_resource_version_and_times_out(core):
     events = [(e["type"], e["object"].metadata.name) for e in kubernetes.watch.Watch().stream(
         core.list_namespaced_config_map, "default", resource_version=start, timeout_seconds=1)]
     assert events == [("ADDED", "a"), ("DELETED", "a")]
-    assert time.monotonic() - began < 5  # the server ended the stream at timeoutSeconds
+    assert time.monotonic() - began < 15  # the server ended the stream at timeoutSeconds, not a client timeout
 
 
 def test_events_leases_rbac_and_namespace_deletion(k8s_client, core):

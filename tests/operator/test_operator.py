@@ -55,8 +55,9 @@ def test_train_children_and_status_driven_by_pods(cluster):
     status = cluster.wait_phase(ns, TRAIN, "run", "Succeeded")
     assert status["completionTime"] and status["workers"] == {"active": 0, "succeeded": 2, "failed": 0}
     assert status["artifacts"]["latestCheckpoint"].endswith("/train/mask2former_model_latest.pth")
-    reasons = [reason for _, reason in cluster.events(ns, "run")]
-    assert {"GangCreated", "AllPodsRunning", "Succeeded"} <= set(reasons)
+    # Events are posted after the status write that a phase wait sees.
+    wait_for(lambda: {"GangCreated", "AllPodsRunning", "Succeeded"} <= {r for _, r in cluster.events(ns, "run")},
+             what="the transitions' Events")
     wait_for(lambda: sample("m2f_operator_resources", kind=TRAIN, phase="Succeeded") >= 1, what="phase gauge")
     assert sample("m2f_operator_reconcile_duration_seconds_count", kind=TRAIN) >= 3
 
@@ -152,7 +153,7 @@ def test_invalid_spec_names_the_field_creates_nothing_and_does_not_retry(cluster
     cluster.create(ns, TRAIN, "run", train_spec(experiment={"model": {"mode": "bogus"}}))
     status = cluster.wait_phase(ns, TRAIN, "run", "InvalidSpec")
     assert status["message"].startswith("spec.experiment: model.mode")
-    assert ("Warning", "InvalidSpec") in cluster.events(ns, "run")
+    wait_for(lambda: ("Warning", "InvalidSpec") in cluster.events(ns, "run"), what="the InvalidSpec Event")
     time.sleep(1.5)
     assert cluster.pods(ns) == []
     assert cluster.events(ns, "run").count(("Warning", "InvalidSpec")) == 1
@@ -187,7 +188,9 @@ def test_export_waits_for_train_then_onnx_then_engine(cluster):
     wait_for(lambda: any(p.metadata.name == "exp-trt-0" for p in cluster.pods(ns)), what="TensorRT builder pod")
     trt = next(p for p in cluster.pods(ns) if p.metadata.name == "exp-trt-0")
     assert trt.spec.containers[0].resources.limits[meta.GPU_RESOURCE] == "1"
-    assert cluster.condition(ns, "Mask2FormerExport", "exp", "OnnxExported")["status"] == "True"
+    # The status (conditions) is written after the children are created.
+    wait_for(lambda: (cluster.condition(ns, "Mask2FormerExport", "exp", "OnnxExported") or {}).get("status") == "True",
+             what="OnnxExported=True")
     cluster.set_pod(ns, "exp-trt-0", "Succeeded", exit_code=0)
     status = cluster.wait_phase(ns, "Mask2FormerExport", "exp", "Succeeded")
     assert status["artifacts"]["engineFile"] == "/results/export/exp/model.engine"
@@ -198,6 +201,7 @@ def test_kubectl_apply_example_then_get_shows_printer_columns(cluster, repo_root
     ns = cluster.namespace()
     cluster.kubectl("apply", "-n", ns, "-f", str(repo_root / "examples" / "train.yaml"))
     cluster.wait_pods(ns, ["coco-swint-worker-0", "coco-swint-worker-1"])
+    cluster.wait_phase(ns, TRAIN, "coco-swint", "Created")
     pod = next(p for p in cluster.pods(ns) if p.metadata.name == "coco-swint-worker-0")
     assert pod.spec.containers[0].resources.limits[meta.GPU_RESOURCE] == "8"
     table = cluster.kubectl("get", "m2ftrain", "-n", ns)

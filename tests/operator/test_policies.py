@@ -82,6 +82,22 @@ def test_failure_message_carries_termination_message_and_forces_lost_pods():
 
 
 @pytest.mark.parametrize(
+    ("finished_ago", "cause"),
+    [
+        ((5, 9), "run-worker-1"),  # worker 1 failed first, worker 0 lost its peer later
+        ((9, 5), "run-worker-0"),
+        ((7, 7), "run-worker-0"),  # the same second: the lower index
+        ((None, 7), "run-worker-1"),  # a pod without a finish time (evicted) comes after those with one
+    ],
+)
+def test_the_cause_is_the_first_pod_to_fail(finished_ago, cause):
+    pods = [pod(index=i, phase="Failed", exit_code=1, finished_ago=None if ago is None else timedelta(seconds=ago))
+            for i, ago in enumerate(finished_ago)]
+    decision = decide_failure({}, 0, views(pods), NOW)
+    assert decision.message.startswith(f"pod {cause} exited with code 1"), decision.message
+
+
+@pytest.mark.parametrize(
     ("suspend", "phase", "expected"),
     [(True, "Running", "suspend"), (True, "Suspended", None), (False, "Suspended", "resume"),
      (False, "Running", None), (None, "Pending", None)],

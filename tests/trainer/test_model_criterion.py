@@ -315,7 +315,7 @@ def test_num_masks_is_averaged_across_ranks(tmp_path):
                          stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
         for rank in range(2)
     ]
-    results = [worker.communicate(timeout=120) for worker in workers]
+    results = [worker.communicate(timeout=300) for worker in workers]
     for worker, (stdout, stderr) in zip(workers, results, strict=True):
         assert worker.returncode == 0, stderr
         num_masks, difference = map(float, stdout.split())

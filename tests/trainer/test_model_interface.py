@@ -139,8 +139,8 @@ def test_unknown_activation_checkpoint_policy_is_refused():
 
 
 def test_swin_accepts_sizes_that_are_not_window_multiples_and_batch_items_are_independent():
-    model = _tiny_swin_model().eval()
     torch.manual_seed(0)
+    model = _tiny_swin_model().eval()
     images = torch.randn(2, 3, 96, 160)  # stages 24x40, 12x20, 6x10, 3x5: none a multiple of 7
     with torch.no_grad():
         both = model(images)

@@ -32,6 +32,11 @@ def _describe(pod: PodView) -> str:
     return f"pod {pod.name} failed{': ' + pod.message if pod.message else ''}"
 
 
+def _failure_order(pod: PodView) -> tuple:
+    """By finish time (second resolution, as the API has it), then replica index; no time (evicted) last."""
+    return (pod.finished_at is None, pod.finished_at or datetime.min, pod.index)
+
+
 def is_permanent(spec: dict, pod: PodView) -> bool:
     if pod.exit_code is None or pod.reason == "Evicted":
         return False
@@ -48,7 +53,8 @@ def decide_failure(spec: dict, restarts: int, pods: list[PodView], now: datetime
     """`pods` are the current attempt's pods; `restarts` the gang restarts already made; `vanished`
     the pods of a gang that was running and are gone (force-deleted with their lost node, or by
     hand): their peers would wait in the rendezvous until a collective timeout, so the gang restarts."""
-    failed = [pod for pod in pods if pod.phase == "Failed"]
+    # The first pod to fail is the cause; its peers usually fail because of it (a lost rendezvous peer).
+    failed = sorted((pod for pod in pods if pod.phase == "Failed"), key=_failure_order)
     stuck = [pod for pod in pods if pod.stuck_terminating(now, stuck_margin) and pod.phase != "Succeeded"]
     if not failed and not stuck and not vanished:
         return None

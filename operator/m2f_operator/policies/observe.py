@@ -40,17 +40,19 @@ class PodView:
     exit_code: int | None
     message: str
     deletion_deadline: datetime | None
+    finished_at: datetime | None = None
 
     @classmethod
     def of(cls, pod: dict) -> PodView:
         metadata, status = pod.get("metadata", {}), pod.get("status") or {}
         labels = metadata.get("labels") or {}
-        exit_code, message = None, status.get("message", "")
+        exit_code, message, finished_at = None, status.get("message", ""), None
         for container in status.get("containerStatuses") or []:
             terminated = (container.get("state") or {}).get("terminated")
             if terminated:
                 exit_code = int(terminated.get("exitCode", 0))
                 message = (terminated.get("message") or terminated.get("reason") or message or "").strip()
+                finished_at = parse_time(terminated.get("finishedAt"))
                 break
         return cls(
             name=metadata["name"],
@@ -62,6 +64,7 @@ class PodView:
             exit_code=exit_code,
             message=message,
             deletion_deadline=parse_time(metadata.get("deletionTimestamp")),
+            finished_at=finished_at,
         )
 
     @property

@@ -150,6 +150,10 @@ def build_engine(settings: EngineBuildSettings) -> dict:
     config = builder.create_builder_config()
     config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, settings.workspace_mib << 20)
     pinned = 0
+    if settings.precision == "fp32" and hasattr(trt.BuilderFlag, "TF32"):
+        # TF32 is on by default on Ampere and later, and tactic timing decides per build whether a layer uses
+        # it: FP32 means IEEE float32, so that engines agree with onnxruntime within the parity tolerance.
+        config.clear_flag(trt.BuilderFlag.TF32)
     if settings.precision == "fp16" and not strongly_typed:
         config.set_flag(trt.BuilderFlag.FP16)
         config.set_flag(trt.BuilderFlag.OBEY_PRECISION_CONSTRAINTS)
