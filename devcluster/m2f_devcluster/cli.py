@@ -19,7 +19,9 @@ import time
 import urllib.request
 from pathlib import Path
 
-from m2f_devcluster.cluster import DEFAULT_NODES, DevClusterConfig, DevClusterRuntime
+from m2f_devcluster.cluster import CONTROL_PLANES, DEFAULT_NODES, DevClusterConfig, DevClusterRuntime
+from m2f_devcluster.kubeconfig import ApiEndpoint
+from m2f_devcluster.kubelet.kubelet import POD_MARKER_ENV
 
 PID_FILE, READY_FILE, LOG_FILE = "devcluster.pid", "devcluster.ready.json", "devcluster.log"
 NOT_RUNNING = 3
@@ -44,6 +46,9 @@ def _parser() -> argparse.ArgumentParser:
             sub.add_argument("--port", type=int, default=None, help="API server port (default: a free one)")
             sub.add_argument("--nodes", type=int, default=len(DEFAULT_NODES), help="number of local nodes")
             sub.add_argument("--no-operator", action="store_true", help="do not start the operator")
+            sub.add_argument("--control-plane", choices=CONTROL_PLANES, default="emulator",
+                             help="emulator (in-memory, fast; default) or real (etcd, kube-apiserver, "
+                                  "controller-manager and scheduler v1.20, RBAC on)")
         if name == "up":
             sub.add_argument("--timeout", type=float, default=120.0, help="seconds to wait for readiness")
     return parser
@@ -98,6 +103,7 @@ def up(args: argparse.Namespace, data_dir: Path) -> int:
         argv += ["--port", str(args.port)]
     if args.no_operator:
         argv.append("--no-operator")
+    argv += ["--control-plane", args.control_plane]
     with open(data_dir / LOG_FILE, "ab") as log:
         daemon = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
                                   start_new_session=True, close_fds=True)
@@ -112,7 +118,7 @@ def up(args: argparse.Namespace, data_dir: Path) -> int:
             return 1
         time.sleep(0.2)
     info = _ready_info(data_dir)
-    print(f"dev cluster up: API {info['url']}, nodes {', '.join(info['nodes'])}, "
+    print(f"dev cluster up ({info.get('control_plane', 'emulator')} control plane): API {info['url']}, nodes {', '.join(info['nodes'])}, "
           f"operator {'pid ' + str(info['operator_pid']) if info.get('operator_pid') else 'off'}")
     print(f"state in {data_dir} (pod logs in logs/, PVCs in pvc/<namespace>/<claim>/); stop with `m2f dev down`")
     print(_export_line(data_dir))
@@ -121,7 +127,7 @@ def up(args: argparse.Namespace, data_dir: Path) -> int:
 
 def _kill_leftover_pods(data_dir: Path) -> int:
     """Pod process groups that outlived a killed daemon: only those started for this data dir."""
-    marker = f"KUBECONFIG={data_dir / 'kubeconfig'}".encode()
+    marker = f"{POD_MARKER_ENV}={data_dir}".encode()
     killed = 0
     for pid_file in (data_dir / "pods").glob("*/*/pid-*"):
         with contextlib.suppress(ValueError, OSError):
@@ -160,13 +166,19 @@ def status(args: argparse.Namespace, data_dir: Path) -> int:
         return NOT_RUNNING
     info = _ready_info(data_dir)
     url = info.get("url", "")
-    print(f"dev cluster running: pid {pid}, API {url}, data dir {data_dir}")
+    print(f"dev cluster running ({info.get('control_plane', 'emulator')} control plane): pid {pid}, API {url}, "
+          f"data dir {data_dir}")
     operator_pids = [int(p) for p in _child_pids(pid) if _is_operator(int(p))]
     print(f"  operator: {'running (pid ' + str(operator_pids[0]) + ')' if operator_pids else 'not running'}, "
           f"log {info.get('operator_log', data_dir / 'operator.log')}")
-    with contextlib.suppress(OSError, ValueError):
-        nodes = json.load(urllib.request.urlopen(f"{url}/api/v1/nodes", timeout=5))["items"]
-        pods = json.load(urllib.request.urlopen(f"{url}/api/v1/pods", timeout=5))["items"]
+    with contextlib.suppress(OSError, ValueError, KeyError, StopIteration):
+        endpoint = ApiEndpoint.from_kubeconfig(Path(info.get("kubeconfig") or data_dir / "kubeconfig"))
+
+        def get(path: str) -> list[dict]:
+            request = urllib.request.Request(endpoint.url + path, headers=endpoint.headers)
+            return json.load(urllib.request.urlopen(request, timeout=5, context=endpoint.ssl))["items"]
+
+        nodes, pods = get("/api/v1/nodes"), get("/api/v1/pods")
         for node in nodes:
             ready = {c["type"]: c["status"] for c in node.get("status", {}).get("conditions", [])}.get("Ready")
             on_node = [p for p in pods if p.get("spec", {}).get("nodeName") == node["metadata"]["name"]]
@@ -200,15 +212,15 @@ def serve(args: argparse.Namespace, data_dir: Path) -> int:
     logging.getLogger("aiohttp.access").setLevel(logging.WARNING)
     nodes = tuple(f"dev-node-{i}" for i in range(args.nodes))
     config = DevClusterConfig(data_dir=data_dir, port=args.port, nodes=nodes, operator=not args.no_operator,
-                              supervise_operator=True)
+                              supervise_operator=True, control_plane=args.control_plane)
     runtime = DevClusterRuntime(config)
     data_dir.mkdir(parents=True, exist_ok=True)
     (data_dir / PID_FILE).write_text(str(os.getpid()))
 
     def ready(running: DevClusterRuntime) -> None:
-        assert running.api is not None
+        assert running.endpoint is not None
         process = running.operator.process
-        info = {"url": running.api.base_url, "nodes": list(nodes), "kubeconfig": str(config.kubeconfig),
+        info = {"url": running.endpoint.url, "control_plane": config.control_plane, "nodes": list(nodes), "kubeconfig": str(config.kubeconfig),
                 "operator_pid": process.pid if process is not None else None,
                 "operator_log": str(config.operator_log)}
         tmp = data_dir / (READY_FILE + ".tmp")

@@ -1,4 +1,9 @@
-"""The embedded dev cluster: API emulator + local kubelet on one event loop, the operator as a subprocess.
+"""The embedded dev cluster: a control plane + local kubelet on one event loop, the operator as a subprocess.
+
+Two control planes behind one interface (``control_plane``): ``emulator``, the project's in-memory API
+emulator (fast; `make demo`), and ``real``, etcd + kube-apiserver + kube-controller-manager + kube-scheduler
+(controlplane/real.py). On both, the cluster is set up as an administrator would (controlplane/bootstrap.py);
+on ``real`` the operator runs with the Helm chart's RBAC and its own service account's token.
 
 ``serve_forever(config)`` is what `m2f dev up` runs (daemonised); ``DevCluster`` runs the same thing
 on a background thread for tests and demos::
@@ -13,7 +18,6 @@ import asyncio
 import contextlib
 import logging
 import os
-import socket
 import sys
 import threading
 from collections.abc import Callable
@@ -21,18 +25,19 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from m2f_devcluster.controlplane import bootstrap
 from m2f_devcluster.emulator import Emulator
+from m2f_devcluster.emulator.defaults import DEFAULT_CAPACITY
+from m2f_devcluster.kubeconfig import ApiEndpoint, write_token_kubeconfig
 from m2f_devcluster.kubelet import Kubelet
+from m2f_devcluster.ports import free_port
 
 logger = logging.getLogger(__name__)
 
 DEFAULT_NODES = ("dev-node-0", "dev-node-1")
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
+CONTROL_PLANES = ("emulator", "real")
+# The claims the examples mount; the dev cluster backs each with a folder of its data dir.
+DEFAULT_CLAIMS = ("datasets", "results")
 
 
 @dataclass
@@ -41,10 +46,21 @@ class DevClusterConfig:
     port: int | None = None  # API port; None picks a free one
     nodes: tuple[str, ...] = DEFAULT_NODES
     operator: bool = True
+    # Without the local kubelet nothing runs pods (operator tests play the kubelet's part by hand).
+    kubelet: bool = True
     # Restart the operator when it exits on its own (the daemon does; tests kill and restart it themselves).
     supervise_operator: bool = False
     # Extra environment for the operator (e.g. M2F_STUCK_TERMINATING_SECONDS for fault tests).
     operator_env: dict[str, str] = field(default_factory=dict)
+    control_plane: str = "emulator"
+    # Where users run jobs: the chart's worker account and the claims are set up there.
+    namespaces: tuple[str, ...] = ("default",)
+    claims: tuple[str, ...] = DEFAULT_CLAIMS
+    node_capacity: dict[str, str] = field(default_factory=lambda: dict(DEFAULT_CAPACITY))
+
+    def __post_init__(self) -> None:
+        if self.control_plane not in CONTROL_PLANES:
+            raise ValueError(f"control_plane must be one of {', '.join(CONTROL_PLANES)}, not {self.control_plane!r}")
 
     @property
     def kubeconfig(self) -> Path:
@@ -58,6 +74,11 @@ class DevClusterConfig:
     def operator_log(self) -> Path:
         return self.data_dir / "operator.log"
 
+    @property
+    def operator_kubeconfig(self) -> Path:
+        """The operator's own credentials on the real control plane; the emulator has no authentication."""
+        return self.data_dir / "operator-kubeconfig" if self.control_plane == "real" else self.kubeconfig
+
 
 class OperatorProcess:
     """`python -m m2f_operator` against the dev cluster, logging to <data_dir>/operator.log."""
@@ -65,15 +86,17 @@ class OperatorProcess:
     def __init__(self, config: DevClusterConfig):
         self.config = config
         self.process: asyncio.subprocess.Process | None = None
+        self.extra_env: dict[str, str] = {}  # the pod network proxy, once the kubelet has opened it
 
     async def start(self) -> None:
         env = {key: value for key, value in os.environ.items() if key not in ("KUBERNETES_SERVICE_HOST",)}
         env.update({
-            "KUBECONFIG": str(self.config.kubeconfig),
+            "KUBECONFIG": str(self.config.operator_kubeconfig),
             "M2F_LIVENESS_PORT": str(free_port()),
             "M2F_OPERATOR_METRICS_PORT": str(free_port()),
             "PYTHONUNBUFFERED": "1",
         })
+        env.update(self.extra_env)
         env.update(self.config.operator_env)
         with open(self.config.operator_log, "ab") as log:
             self.process = await asyncio.create_subprocess_exec(
@@ -127,7 +150,8 @@ class DevClusterRuntime:
 
     def __init__(self, config: DevClusterConfig):
         self.config = config
-        self.api: Emulator | None = None
+        self.api: Emulator | None = None  # the emulator's object store, on the emulator control plane only
+        self.endpoint: ApiEndpoint | None = None
         self.kubelet: Kubelet | None = None
         self.operator = OperatorProcess(config)
         self._stop = asyncio.Event()
@@ -135,13 +159,19 @@ class DevClusterRuntime:
     async def serve(self, on_ready: Callable[[DevClusterRuntime], None] | None = None) -> None:
         config = self.config
         config.data_dir.mkdir(parents=True, exist_ok=True)
-        async with Emulator(port=config.port, log_dir=config.log_dir, kubeconfig_path=config.kubeconfig) as api:
-            self.api = api
-            crds = install_crds(api)
-            logger.info("API emulator on %s with CRDs %s", api.base_url, ", ".join(crds))
-            self.kubelet = Kubelet(api.base_url, config.data_dir, config.nodes, kubeconfig=config.kubeconfig,
-                                   log_dir=config.log_dir)
-            kubelet_task = asyncio.create_task(self.kubelet.run(), name="local kubelet")
+        async with self._control_plane() as endpoint:
+            self.endpoint = endpoint
+            self.kubelet = Kubelet(endpoint.url, config.data_dir, config.nodes, log_dir=config.log_dir,
+                                   endpoint=endpoint, capacity=config.node_capacity,
+                                   # A real scheduler binds pods; on the emulator the kubelet does.
+                                   schedule=config.control_plane == "emulator")
+            if config.kubelet:
+                # The operator reaches pod addresses (rank 0's metrics) through the kubelet's pod network.
+                proxy = f"http://127.0.0.1:{await self.kubelet.open_pod_network()}"
+                self.operator.extra_env = {"HTTP_PROXY": proxy, "http_proxy": proxy,
+                                           "NO_PROXY": "127.0.0.1,localhost", "no_proxy": "127.0.0.1,localhost"}
+            kubelet_task = asyncio.create_task(self.kubelet.run() if config.kubelet else asyncio.sleep(0),
+                                               name="local kubelet")
             supervisor = None
             try:
                 if config.operator:
@@ -157,6 +187,52 @@ class DevClusterRuntime:
                 await self.operator.stop()
                 self.kubelet.stop()
                 await kubelet_task
+
+    @contextlib.asynccontextmanager
+    async def _control_plane(self):
+        config = self.config
+        if config.control_plane == "emulator":
+            async with Emulator(port=config.port, log_dir=config.log_dir, kubeconfig_path=config.kubeconfig) as api:
+                self.api = api
+                crds = install_crds(api)
+                logger.info("API emulator on %s with CRDs %s", api.base_url, ", ".join(crds))
+                yield ApiEndpoint(api.base_url, {}, None)
+            return
+        from m2f_devcluster.controlplane.real import RealControlPlane
+
+        plane = RealControlPlane(config.data_dir / "control-plane", config.kubeconfig, config.log_dir, port=config.port)
+        async with plane:
+            await self._bootstrap(plane)
+            yield plane.endpoint
+
+    async def _bootstrap(self, plane) -> None:
+        """CRDs, the chart's RBAC, the claims as bound hostPath volumes, the operator's own kubeconfig."""
+        from m2f_operator.crds import build_crds
+
+        config = self.config
+        async with bootstrap.Api(plane.endpoint) as api:
+            crds = await bootstrap.install_crds(api, build_crds())
+            for namespace in (bootstrap.OPERATOR_NAMESPACE, *config.namespaces):
+                await api.apply({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": namespace}})
+            rbac = await asyncio.to_thread(bootstrap.chart_rbac, config.namespaces)
+            for obj in rbac:
+                await api.apply(obj)
+            claims = [(namespace, claim) for namespace in config.namespaces for claim in config.claims]
+            for namespace, claim in claims:
+                folder = config.data_dir / "pvc" / namespace / claim
+                folder.mkdir(parents=True, exist_ok=True)
+                for obj in bootstrap.claim_volumes(namespace, claim, folder):
+                    await api.apply(obj)
+            await bootstrap.wait_claims_bound(api, claims)
+            account = next(o["metadata"]["name"] for o in rbac if o["kind"] == "ServiceAccount"
+                           and o["metadata"].get("namespace") == bootstrap.OPERATOR_NAMESPACE
+                           and "worker" not in o["metadata"]["name"])
+            token = await bootstrap.service_account_token(api, bootstrap.OPERATOR_NAMESPACE, account)
+        assert plane.pki is not None
+        write_token_kubeconfig(config.operator_kubeconfig, plane.base_url, plane.pki.ca_cert, token,
+                               f"system:serviceaccount:{bootstrap.OPERATOR_NAMESPACE}:{account}")
+        logger.info("real control plane on %s: CRDs %s, chart RBAC (%d objects), claims %s, operator as %s",
+                    plane.base_url, ", ".join(crds), len(rbac), claims, account)
 
     def stop(self) -> None:
         self._stop.set()
@@ -227,8 +303,16 @@ class DevCluster:
 
     @property
     def url(self) -> str:
-        assert self.runtime.api is not None
-        return self.runtime.api.base_url
+        assert self.runtime.endpoint is not None
+        return self.runtime.endpoint.url
+
+    @property
+    def control_plane(self) -> str:
+        return self.config.control_plane
+
+    @property
+    def operator_kubeconfig(self) -> Path:
+        return self.config.operator_kubeconfig
 
     @property
     def data_dir(self) -> Path:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 from datetime import datetime, timezone
 
@@ -10,7 +11,11 @@ from kubernetes.client.rest import ApiException
 
 from m2f_operator import metrics
 from m2f_operator.builders import meta
+from m2f_operator.policies import creation
+from m2f_operator.policies.creation import CreateBlocked
 from m2f_operator.status import Event
+
+CREATED, EXISTS = "created", "exists"
 
 
 def load_api_client() -> kubernetes.client.ApiClient:
@@ -25,7 +30,7 @@ def load_api_client() -> kubernetes.client.ApiClient:
 
 
 class Cluster:
-    """The few API calls the reconciler makes. Creates are idempotent (AlreadyExists is success)."""
+    """The few API calls the reconciler makes. A create is idempotent only for children this resource controls."""
 
     def __init__(self, api_client: kubernetes.client.ApiClient) -> None:
         self.core = kubernetes.client.CoreV1Api(api_client)
@@ -44,22 +49,34 @@ class Cluster:
                 return None
             raise
 
-    def create(self, manifest: dict) -> bool:
-        """False when it already existed."""
-        kind, namespace = manifest["kind"], manifest["metadata"]["namespace"]
+    def create(self, manifest: dict) -> str | CreateBlocked:
+        """CREATED, EXISTS (ours: its controller is the manifest's owner, by uid), or why it could not be."""
+        kind, namespace, name = manifest["kind"], manifest["metadata"]["namespace"], manifest["metadata"]["name"]
         self._count("create", kind.lower() + "s")
-        create = {
-            "Pod": self.core.create_namespaced_pod,
-            "Service": self.core.create_namespaced_service,
-            "ConfigMap": self.core.create_namespaced_config_map,
+        create, read = {
+            "Pod": (self.core.create_namespaced_pod, self.core.read_namespaced_pod),
+            "Service": (self.core.create_namespaced_service, self.core.read_namespaced_service),
+            "ConfigMap": (self.core.create_namespaced_config_map, self.core.read_namespaced_config_map),
         }[kind]
         try:
             create(namespace, manifest)
         except ApiException as exc:
-            if exc.status == 409:
-                return False
-            raise
-        return True
+            if exc.status != 409:
+                if exc.status is not None and exc.status >= 500 or exc.status in (None, 429):
+                    raise  # the API is unwell: kopf's or the resync's retry
+                return creation.refused(kind, name, exc.status, exc.body)
+            self._count("get", kind.lower() + "s")
+            try:
+                # Raw JSON: only its ownerReferences matter, and typed models reject some servers' replies.
+                existing = json.loads(read(name, namespace, _preload_content=False).data)
+            except ApiException as read_exc:
+                if read_exc.status == 404:  # deleted in between: the next reconcile creates it
+                    return creation.foreign(kind, name, {"kind": "owner", "name": "(just deleted)", "uid": "?"})
+                raise
+            if creation.controller_uid(existing) == creation.controller_uid(manifest):
+                return EXISTS
+            return creation.foreign(kind, name, creation.controller_ref(existing))
+        return CREATED
 
     def delete_pod(self, namespace: str, name: str, force: bool) -> None:
         self._count("delete", "pods")

@@ -47,6 +47,13 @@ def crd_experiment_schema() -> dict:
             out.pop("additionalProperties")
         if "default" in node and node["default"] is not None:
             out["description"] = f"{node.get('description', '').rstrip()} Default: {node['default']!r}.".strip()
+        if None in (node.get("enum") or ()):
+            # A nullable enum needs null among its values for the API server to accept null, and servers before
+            # 1.21 fail to convert a CRD whose enum holds a JSON null ("per-version schemas may not all be set
+            # to identical values"). The choices go into the description; the operator's validation enforces them.
+            choices = ", ".join(repr(value) for value in node["enum"] if value is not None)
+            out.pop("enum")
+            out["description"] = f"{out.get('description', '').rstrip()} One of: {choices} (or null).".strip()
         # Bounds keep the API server's static cost estimate of the `self == oldSelf` rule small
         # (unbounded strings and lists are estimated at the 3 MiB request limit).
         if out.get("type") == "string" and "enum" not in out:
@@ -79,6 +86,9 @@ def spec_schema(info: KindInfo) -> dict:
         "priorityClassName": _describe({"type": "string"}, "Pod priorityClassName."),
         "schedulerName": _describe({"type": "string"}, "Pod schedulerName (e.g. a gang scheduler)."),
         "serviceAccountName": _describe({"type": "string"}, "Pod ServiceAccount (default: the chart's worker account)."),
+        "automountServiceAccountToken": _describe(
+            {"type": "boolean"}, "Mount the ServiceAccount's API token into the pods (default false: workers "
+                                 "need no API access; the operator reads progress from rank 0's metrics)."),
         "imagePullSecrets": _describe(_OBJECT_LIST, "Pod imagePullSecrets."),
         "securityContext": _describe(_OBJECT, "Pod securityContext, merged over the non-root defaults."),
         "podLabels": _describe(_STRING_MAP, "Extra labels on every pod."),
@@ -147,8 +157,11 @@ def status_schema(info: KindInfo) -> dict:
                           "description": "resultsDir, latestCheckpoint, metricsFile, onnxFile, engineFile."},
             "metrics": {"type": "object", "additionalProperties": {"type": "number"},
                         "description": "Final metrics (PQ, AP, mIoU) from the trainer's termination message."},
-            "progress": _describe(_OBJECT, "Written by the trainer's rank 0: epoch, totalEpochs, step, loss, "
-                                           "imagesPerSecond, lastMetric {name, value}, updateTime."),
+            "experimentDigest": _describe({"type": "string"}, "Digest of spec.experiment as first reconciled "
+                                                              "(immutability where the server has no CEL)."),
+            "progress": _describe(_OBJECT, "Read by the operator from rank 0's metrics endpoint while the Train "
+                                           "runs: epoch, totalEpochs, step, loss, imagesPerSecond, lastMetric "
+                                           "{name, value}, updateTime."),
             # kopf's progress storage lives in the status (not annotations); it must be declared or pruned.
             "kopf": _describe(_OBJECT, "kopf handler progress."),
         },

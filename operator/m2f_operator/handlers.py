@@ -18,11 +18,13 @@ from datetime import datetime, timedelta, timezone
 
 import kopf
 
-from m2f_operator import metrics
+from m2f_operator import metrics, progress
 from m2f_operator import status as st
 from m2f_operator.builders import meta
-from m2f_operator.client import Cluster, load_api_client
-from m2f_operator.reconcile import Observed, Plan, reconcile
+from m2f_operator.client import CREATED, Cluster, load_api_client
+from m2f_operator.policies import creation
+from m2f_operator.policies.creation import CreateBlocked
+from m2f_operator.reconcile import Observed, Plan, blocked_creation, reconcile
 from m2f_operator.settings import OperatorConfig, configure_kopf
 
 log = logging.getLogger("m2f_operator")
@@ -38,6 +40,10 @@ class _State:
     locks: dict[tuple[str, str, str], asyncio.Lock] = {}
     # (plural, namespace, name) -> (phase, has a clock running (deadline/TTL/waiting), trainRef)
     known: dict[tuple[str, str, str], tuple[str, bool, str | None]] = {}
+    # (plural, namespace, name) -> monotonic time of the last read of its rank 0's progress
+    progress_read: dict[tuple[str, str, str], float] = {}
+    # (plural, namespace, name) -> (monotonic time of the next create retry, retries so far)
+    retry: dict[tuple[str, str, str], tuple[float, int]] = {}
 
 
 STATE = _State()
@@ -59,7 +65,7 @@ async def startup(settings: kopf.OperatorSettings, **_) -> None:
     configure_kopf(settings)
     STATE.config = OperatorConfig.from_env()
     STATE.cluster = Cluster(load_api_client())
-    STATE.locks, STATE.known = {}, {}
+    STATE.locks, STATE.known, STATE.progress_read, STATE.retry = {}, {}, {}, {}
     metrics.serve(STATE.config.metrics_port)
     STATE.resync_task = asyncio.get_running_loop().create_task(_resync_forever())
 
@@ -79,7 +85,9 @@ def m2f_pods(body: kopf.Body, namespace: str, labels: kopf.Labels, **_) -> dict:
     summary = {
         "metadata": {
             "name": metadata.get("name"),
+            "uid": metadata.get("uid"),
             "labels": dict(metadata.get("labels") or {}),
+            "ownerReferences": copy.deepcopy(list(metadata.get("ownerReferences") or [])),
             "deletionTimestamp": metadata.get("deletionTimestamp"),
         },
         "status": copy.deepcopy(dict(body.get("status") or {})),
@@ -110,14 +118,23 @@ def _reconcile_sync(plural: str, namespace: str, name: str, pods: list[dict], tr
         body = cluster.get_resource(plural, namespace, name)
         if body is None or body["metadata"].get("deletionTimestamp"):
             return None
+        # Children belong to this incarnation by uid, never by name: the pods of a deleted resource of the same
+        # name (garbage collection is asynchronous) are neither counted nor finished on.
+        pods = [pod for pod in pods if creation.controller_uid(pod) == body["metadata"]["uid"]]
         train = None
         train_ref = (body.get("spec") or {}).get("trainRef")
         if kind == "Mask2FormerExport" and train_ref and not (body.get("spec") or {}).get("checkpoint"):
             train = cluster.get_resource(meta.KINDS["Mask2FormerTrain"].plural, namespace, train_ref)
-        observed = Observed(body, pods, datetime.now(timezone.utc), train, config.pod_defaults,
-                            timedelta(seconds=config.stuck_terminating_seconds))
-        plan = reconcile(observed)
-        _apply(cluster, plural, body, plan)
+        now = datetime.now(timezone.utc)
+        rank_zero = None
+        if kind == "Mask2FormerTrain" and (body.get("status") or {}).get("phase") == st.RUNNING:
+            rank_zero = progress.rank_zero_endpoint(pods)
+            STATE.progress_read[(plural, namespace, name)] = time.monotonic()
+        observed = Observed(body, pods, now, train, config.pod_defaults,
+                            timedelta(seconds=config.stuck_terminating_seconds),
+                            progress=progress.scrape(rank_zero, now) if rank_zero else None)
+        plan = _apply(cluster, plural, body, reconcile(observed), observed)
+        _schedule_retry((plural, namespace, name), plan.blocked)
         return plan
     except Exception:
         metrics.RECONCILE_ERRORS.labels(kind).inc()
@@ -126,10 +143,19 @@ def _reconcile_sync(plural: str, namespace: str, name: str, pods: list[dict], tr
         metrics.RECONCILE_SECONDS.labels(kind).observe(time.perf_counter() - started)
 
 
-def _apply(cluster: Cluster, plural: str, body: dict, plan: Plan) -> None:
+def _apply(cluster: Cluster, plural: str, body: dict, plan: Plan, observed: Observed) -> Plan:
     namespace, name, kind = body["metadata"]["namespace"], body["metadata"]["name"], body["kind"]
     for manifest in plan.creates:
-        if cluster.create(manifest) and manifest["kind"] == "Pod":
+        outcome = cluster.create(manifest)
+        if isinstance(outcome, CreateBlocked):
+            # Nothing after it is created (pods need their ConfigMap and Service); the status says why.
+            log.warning("%s %s/%s: %s", kind, namespace, name, outcome.message)
+            blocked = blocked_creation(observed, outcome)
+            plan = Plan(deletes=plan.deletes, status_patch=blocked.status_patch, events=blocked.events,
+                        phase=blocked.phase, blocked=outcome)
+            metrics.CREATE_FAILURES.labels(kind, outcome.reason).inc()
+            break
+        if outcome == CREATED and manifest["kind"] == "Pod":
             metrics.PODS_CREATED.labels(kind).inc()
     for pod_name, force in plan.deletes:
         cluster.delete_pod(namespace, pod_name, force)
@@ -146,6 +172,17 @@ def _apply(cluster: Cluster, plural: str, body: dict, plan: Plan) -> None:
     if plan.delete_resource:
         log.info("ttlSecondsAfterFinished reached: deleting %s %s/%s", kind, namespace, name)
         cluster.delete_resource(plural, namespace, name)
+    return plan
+
+
+def _schedule_retry(key: tuple[str, str, str], blocked: CreateBlocked | None) -> None:
+    """A refused create that waiting can fix is retried by the resync with bounded exponential backoff
+    (garbage collection, a missing ServiceAccount, a quota); one that needs a spec edit waits for the edit."""
+    if blocked is None or not blocked.retry:
+        STATE.retry.pop(key, None)
+        return
+    attempts = STATE.retry.get(key, (0.0, -1))[1] + 1
+    STATE.retry[key] = (time.monotonic() + creation.retry_delay(attempts), attempts)
 
 
 # -- triggers -------------------------------------------------------------------------------------
@@ -157,6 +194,9 @@ async def on_spec(body: kopf.Body, namespace: str, name: str, m2f_pods: kopf.Ind
     if plan is not None and plan.invalid_spec:
         # Recorded as the InvalidSpec condition and an Event already; no retry can fix a spec.
         raise kopf.PermanentError(plan.invalid_spec)
+    if plan is not None and plan.blocked is not None and not plan.blocked.retry:
+        # FailedCreate that only a spec edit fixes (e.g. 422): recorded; the edit re-runs this handler.
+        raise kopf.PermanentError(plan.blocked.message)
 
 
 async def on_resource_event(body: kopf.Body, type: str | None, namespace: str, name: str, **_) -> None:
@@ -166,6 +206,8 @@ async def on_resource_event(body: kopf.Body, type: str | None, namespace: str, n
     if type == "DELETED":
         STATE.known.pop(key, None)
         STATE.locks.pop(key, None)
+        STATE.progress_read.pop(key, None)
+        STATE.retry.pop(key, None)
         metrics.PHASES.observe(body["kind"], namespace, name, None)
         return
     spec, status = body.get("spec") or {}, body.get("status") or {}
@@ -216,12 +258,17 @@ async def _resync_forever() -> None:
 
 
 def _due_for_resync(pod_index: kopf.Index) -> list[tuple[str, str, str]]:
-    """Resources whose state can change with time alone: a clock (deadline, TTL, waiting) or a pod
-    being deleted (its node may be lost). Everything else changes only through watch events."""
+    """Resources whose state can change with time alone: a clock (deadline, TTL, waiting), a pod
+    being deleted (its node may be lost), or a running Train whose progress was last read a progress
+    interval ago. Everything else changes only through watch events."""
     due = []
-    for (plural, namespace, name), (_phase, has_clock, _) in list(STATE.known.items()):
-        if has_clock:
-            due.append((plural, namespace, name))
+    trains = meta.KINDS["Mask2FormerTrain"].plural
+    for (plural, namespace, name), (phase, has_clock, _) in list(STATE.known.items()):
+        key = (plural, namespace, name)
+        stale = time.monotonic() - STATE.progress_read.get(key, 0.0) >= STATE.config.progress_seconds
+        retry_due = key in STATE.retry and STATE.retry[key][0] <= time.monotonic()
+        if has_clock or retry_due or (plural == trains and phase == st.RUNNING and stale):
+            due.append(key)
             continue
         pods = pod_index.get((namespace, meta.KIND_BY_PLURAL[plural].task, name), [])
         if any(pod["metadata"].get("deletionTimestamp") for pod in pods):

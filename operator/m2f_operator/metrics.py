@@ -20,6 +20,8 @@ RESOURCES = Gauge("m2f_operator_resources", "Mask2Former resources by kind and p
                   ["kind", "phase"], registry=REGISTRY)
 GANG_RESTARTS = Counter("m2f_operator_gang_restarts_total", "Whole-gang restarts, by kind.", ["kind"], registry=REGISTRY)
 PODS_CREATED = Counter("m2f_operator_pods_created_total", "Pods created, by kind.", ["kind"], registry=REGISTRY)
+CREATE_FAILURES = Counter("m2f_operator_create_failures_total", "Child creates refused by the API or blocked by a "
+                          "previous incarnation's children, by kind and reason.", ["kind", "reason"], registry=REGISTRY)
 API_REQUESTS = Counter("m2f_operator_api_requests_total", "Kubernetes API requests made by the reconciler.",
                        ["verb", "resource"], registry=REGISTRY)
 

@@ -7,6 +7,8 @@ apply plans; nothing here talks to the API.
 
 from __future__ import annotations
 
+import hashlib
+import json
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
@@ -24,6 +26,7 @@ from m2f_operator.policies import (
     ttl_remaining,
     views,
 )
+from m2f_operator.policies.creation import FAILED_CREATE, CreateBlocked
 from m2f_operator.policies.observe import STUCK_TERMINATING_MARGIN, format_time
 from m2f_operator.validation import spec_error
 
@@ -40,6 +43,8 @@ class Observed:
     defaults: PodDefaults = field(default_factory=PodDefaults)
     # How long past its deletion deadline a pod may stay before its node counts as lost.
     stuck_margin: timedelta = STUCK_TERMINATING_MARGIN
+    # A Train's rank 0 progress, read from its metrics endpoint by the handler (progress.py); None: not read.
+    progress: dict | None = None
 
 
 @dataclass
@@ -52,6 +57,28 @@ class Plan:
     delete_resource: bool = False
     invalid_spec: str | None = None
     gang_restarted: bool = False
+    blocked: CreateBlocked | None = None  # set by the handler when the API refused a create
+
+
+def experiment_digest(experiment: object) -> str:
+    return hashlib.sha256(json.dumps(experiment, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def blocked_creation(observed: Observed, blocked: CreateBlocked) -> Plan:
+    """The plan's status replaced by what happened: a child could not be created (policies/creation.py).
+    Nothing else changes; the Warning Event is emitted once per distinct cause, not on every retry."""
+    status = observed.body.get("status") or {}
+    draft = st.StatusDraft.start(status, observed.body["metadata"].get("generation"), observed.now)
+    previous = draft.condition(st.CREATED)
+    repeated = bool(previous and previous["status"] == "False" and previous.get("message") == blocked.message)
+    draft.set_condition(st.CREATED, False, blocked.reason, blocked.message)
+    if blocked.reason == FAILED_CREATE:
+        draft.transition(st.FAILED_CREATE, FAILED_CREATE, blocked.message, warning=True)
+    elif draft.phase not in (st.PENDING, st.RESTARTING):
+        draft.fields["phase"] = st.PENDING
+    draft.fields["message"] = blocked.message
+    draft.events = [] if repeated else [st.Event("Warning", blocked.reason, blocked.message)]
+    return Plan(status_patch=draft.patch_against(status), events=draft.events, phase=draft.phase)
 
 
 def reconcile(observed: Observed) -> Plan:
@@ -62,6 +89,8 @@ def reconcile(observed: Observed) -> Plan:
     pods = views(observed.pods)
     plan = Plan()
     _Reconciler(observed, spec, status, draft, pods, plan).run()
+    if observed.progress is not None and draft.phase == st.RUNNING:
+        draft.fields["progress"] = observed.progress
     plan.status_patch = draft.patch_against(status)
     plan.events = draft.events
     plan.phase = draft.phase
@@ -89,6 +118,10 @@ class _Reconciler:
             return
         if self.draft.phase == st.INVALID_SPEC:
             self.draft.transition(st.PENDING, "SpecFixed", "the spec is valid again")
+        self._guard_experiment()
+        if self.draft.phase == st.FAILED_CREATE:
+            # Written only if the creates succeed this time; otherwise blocked_creation replaces the status.
+            self.draft.transition(st.PENDING, "CreateRetried", "the children could be created")
 
         # 2. Finished: clean up pods per cleanPodPolicy, delete the resource after its TTL.
         if self.draft.phase in st.TERMINAL_PHASES:
@@ -258,10 +291,34 @@ class _Reconciler:
                 self.draft.emit("GangCreated", f"created {len(missing)} {stage.role} pod(s), attempt {attempt}")
             if self.draft.phase != st.RUNNING:
                 self.draft.fields["phase"] = st.CREATED
+        self._record_scheduling(stage_pods)
         running = [p for p in stage_pods if p.phase == "Running" and not p.terminating]
         if len(running) == stage.replicas:
             self.draft.transition(st.RUNNING, "AllPodsRunning", f"{stage.replicas} {stage.role} pod(s) running")
         self._count_workers(stage_pods, created=len(missing))
+
+    def _guard_experiment(self) -> None:
+        """spec.experiment is immutable. Servers with CEL (1.25+) refuse the edit; older ones store it, so the
+        operator keeps the experiment it started with (its ConfigMap is never rewritten) and says so once."""
+        digest = experiment_digest(self.spec.get("experiment"))
+        recorded = self.draft.fields.setdefault("experimentDigest", digest)
+        if recorded != digest and not self.draft.is_true(st.EXPERIMENT_CHANGED):
+            message = ("spec.experiment was edited after creation and is immutable: this resource keeps the "
+                       "experiment it was created with; create a new resource to run the edited one")
+            self.draft.set_condition(st.EXPERIMENT_CHANGED, True, "Immutable", message)
+            self.draft.emit("ExperimentImmutable", message, warning=True)
+
+    def _record_scheduling(self, stage_pods: list[PodView]) -> None:
+        """While the scheduler cannot place a pod, its message is the Scheduled=False condition (e.g. "0/2 nodes
+        are available: 2 Insufficient nvidia.com/gpu."); once every pod is placed, Scheduled=True."""
+        unplaced = [p for p in stage_pods if p.unschedulable and p.phase == "Pending" and not p.terminating]
+        if unplaced:
+            message = f"pod {unplaced[0].name}: {unplaced[0].unschedulable}"
+            if not (self.draft.condition(st.SCHEDULED) or {}).get("message") == message:
+                self.draft.emit("Unschedulable", message, warning=True)
+            self.draft.set_condition(st.SCHEDULED, False, "Unschedulable", message)
+        elif self.draft.condition(st.SCHEDULED) is not None and stage_pods:
+            self.draft.set_condition(st.SCHEDULED, True, "Scheduled", "every pod is placed on a node")
 
     def _record_results_dir(self) -> None:
         artifacts = dict(self.draft.fields.get("artifacts") or {})

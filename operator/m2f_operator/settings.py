@@ -30,6 +30,7 @@ class OperatorConfig:
     liveness_port: int
     resync_seconds: float  # safety net for time-based policies (deadline, TTL, lost nodes)
     stuck_terminating_seconds: int  # past a pod's deletion deadline: its node counts as lost
+    progress_seconds: float = 10.0  # how often a running Train's rank 0 metrics are read into status.progress
 
     @classmethod
     def from_env(cls) -> OperatorConfig:
@@ -46,6 +47,7 @@ class OperatorConfig:
             liveness_port=_int_env("M2F_LIVENESS_PORT", 8080),
             resync_seconds=float(_int_env("M2F_RESYNC_SECONDS", 10)),
             stuck_terminating_seconds=_int_env("M2F_STUCK_TERMINATING_SECONDS", 30),
+            progress_seconds=float(_int_env("M2F_PROGRESS_SECONDS", 10)),
         )
 
 

@@ -18,15 +18,18 @@ SUCCEEDED = "Succeeded"
 FAILED = "Failed"
 INVALID_SPEC = "InvalidSpec"
 WAITING_FOR_TRAIN = "WaitingForTrain"
+EXPERIMENT_CHANGED = "ExperimentChanged"  # a condition: spec.experiment edited where no CEL rule refused it
+SCHEDULED = "Scheduled"  # a condition only: False with the scheduler's message while a pod cannot be placed
+FAILED_CREATE = "FailedCreate"  # the API refused a child; not terminal (a spec edit or the missing object heals)
 TERMINAL_PHASES = frozenset({SUCCEEDED, FAILED})
 
 # Conditions that describe "what is happening now": only one of them is True at a time.
-_EXCLUSIVE = (RUNNING, RESTARTING, SUSPENDED, WAITING_FOR_TRAIN, INVALID_SPEC)
+_EXCLUSIVE = (RUNNING, RESTARTING, SUSPENDED, WAITING_FOR_TRAIN, INVALID_SPEC, FAILED_CREATE)
 
-# Fields of .status the operator owns; `progress` belongs to the trainer's rank 0, `kopf` to kopf.
+# Fields of .status the operator owns (`progress` too: it reads rank 0's metrics itself); `kopf` is kopf's.
 OWNED_FIELDS = (
     "phase", "message", "conditions", "observedGeneration", "restarts", "startTime",
-    "completionTime", "workers", "artifacts", "metrics",
+    "completionTime", "workers", "artifacts", "metrics", "progress", "experimentDigest",
 )
 
 

@@ -91,6 +91,9 @@ def spec_error(body: dict) -> str | None:
     ):
         if check:
             return check
+    error = _reserved_error(spec)
+    if error:
+        return error
     if info.task != "train" and spec.get("nodes", 1) != 1:
         return f"spec.nodes: {info.kind} runs on one node, got {spec['nodes']}"
     if spec.get("cleanPodPolicy", "Running") not in CLEAN_POD_POLICIES:
@@ -104,6 +107,30 @@ def spec_error(body: dict) -> str | None:
         if error:
             return error
     return experiment_error(experiment)
+
+
+def _reserved_error(spec: dict) -> str | None:
+    """Volumes, mounts and labels the operator owns: a collision would be rejected by the API server (422 on
+    every pod) or would hide a child from the operator, so it is an InvalidSpec naming the field."""
+    seen: set[str] = set()
+    for index, volume in enumerate(spec.get("volumes") or []):
+        name = volume.get("name") if isinstance(volume, dict) else None
+        if name in meta.RESERVED_VOLUMES:
+            return (f"spec.volumes[{index}].name: {name!r} is reserved (the operator adds the experiment ConfigMap "
+                    f"and a memory-backed /dev/shm as volumes {', '.join(meta.RESERVED_VOLUMES)})")
+        if name in seen:
+            return f"spec.volumes[{index}].name: {name!r} is used by another volume"
+        seen.add(name)
+    for index, mount in enumerate(spec.get("volumeMounts") or []):
+        path = str(mount.get("mountPath", "")).rstrip("/") if isinstance(mount, dict) else ""
+        if path in meta.RESERVED_MOUNT_PATHS:
+            return (f"spec.volumeMounts[{index}].mountPath: {path!r} is reserved (the operator mounts "
+                    f"{', '.join(meta.RESERVED_MOUNT_PATHS)})")
+    for key in spec.get("podLabels") or {}:
+        if key.startswith(meta.RESERVED_LABEL_PREFIX) or key == meta.LABEL_MANAGED_BY:
+            return (f"spec.podLabels: {key!r} is reserved (the operator finds its pods by the "
+                    f"{meta.RESERVED_LABEL_PREFIX}* and {meta.LABEL_MANAGED_BY} labels)")
+    return None
 
 
 def _gang_shape_error(spec: dict, experiment: dict) -> str | None:

@@ -1,7 +1,10 @@
-"""The real operator (kopf's KopfRunner, in-process) against the API emulator, plus a fake kubelet.
+"""The real operator (kopf's KopfRunner, in-process) against a control plane, plus a fake kubelet.
 
-The fake kubelet does only what the operator tests need: confirm graceful pod deletions (except on
-namespaces whose "node" is lost) and let tests write pod phases / exit codes through the API.
+Two control planes (`cluster_on(backend)`): the API emulator, and the real one (etcd + kube-apiserver +
+controller-manager + scheduler, RBAC on) where the operator runs with the Helm chart's RBAC and its own
+service account's token, as users run it. The fake kubelet does only what the operator tests need: confirm
+graceful pod deletions (except on namespaces whose "node" is lost) and let tests write pod phases / exit
+codes through the API.
 """
 
 from __future__ import annotations
@@ -45,6 +48,8 @@ class Cluster:
         self.core = kubernetes.client.CoreV1Api(self.api)
         self.custom = kubernetes.client.CustomObjectsApi(self.api)
         self.lost_namespaces: set[str] = set()
+        self.worker_accounts = False  # the real API refuses pods whose ServiceAccount does not exist
+        self.backend = "emulator"
 
     def install_crds(self) -> None:
         extensions = kubernetes.client.ApiextensionsV1Api(self.api)
@@ -54,6 +59,10 @@ class Cluster:
     def namespace(self) -> str:
         name = f"t-{uuid.uuid4().hex[:8]}"
         self.core.create_namespace({"metadata": {"name": name}})
+        if self.worker_accounts:
+            # What `helm install --set worker.namespaces={...}` creates: the workers' account (no token).
+            self.core.create_namespaced_service_account(name, {"metadata": {"name": meta.DEFAULT_WORKER_SERVICE_ACCOUNT},
+                                                               "automountServiceAccountToken": False})
         return name
 
     # -- custom resources --------------------------------------------------------------------
@@ -120,6 +129,14 @@ class Cluster:
         assert result.returncode == 0, f"kubectl {' '.join(args)}: {result.stderr}"
         return result.stdout
 
+    def kubectl_result(self, *args: str) -> subprocess.CompletedProcess:
+        """kubectl's whole result, for commands whose exit code is an answer (`auth can-i` exits 1 for no)."""
+        binary = shutil.which("kubectl", path=str(Path(sys.executable).parent)) or shutil.which("kubectl")
+        if binary is None:
+            pytest.skip("kubectl is not installed (make install puts it in .venv/bin)")
+        return subprocess.run([binary, "--kubeconfig", str(self.kubeconfig), *args], capture_output=True, text=True,
+                              timeout=60)
+
     def confirm_deletions(self) -> None:
         """The kubelet's half of graceful deletion: a pod that was asked to stop is gone."""
         for pod in self.core.list_pod_for_all_namespaces().items:
@@ -175,3 +192,53 @@ def emulated_cluster() -> Iterator[tuple[Cluster, object]]:
         cluster.install_crds()
         with fake_kubelet(cluster):
             yield cluster, emulator
+
+
+BACKENDS = ("emulator", "real")
+
+
+def real_control_plane_missing() -> str | None:
+    """Why the real control plane cannot run here (None: it can); tests skip with this reason."""
+    from m2f_devcluster.controlplane.binaries import BinariesError, find_binaries
+
+    try:
+        find_binaries(build=False)
+    except BinariesError as exc:
+        return f"real control plane unavailable: {exc}"
+    if shutil.which("openssl") is None:
+        return "real control plane unavailable: the openssl command is missing"
+    return None
+
+
+@contextlib.contextmanager
+def real_cluster(data_dir: Path) -> Iterator[tuple[Cluster, object]]:
+    """The real control plane set up as an admin would (CRDs, the chart's RBAC), a Node for the scheduler to
+    bind to (so deletions are graceful, as with a kubelet), and the operator's environment with its own token."""
+    from m2f_devcluster import DevCluster
+
+    missing = real_control_plane_missing()
+    if missing:
+        pytest.skip(missing)
+    dev = DevCluster(data_dir, control_plane="real", operator=False, kubelet=False).start(timeout=180)
+    try:
+        cluster = Cluster(dev.kubeconfig)
+        cluster.worker_accounts, cluster.backend = True, "real"
+        cluster.core.create_node({"metadata": {"name": "node-a"}, "status": {
+            "capacity": {"cpu": "64", "memory": "256Gi", "pods": "110", meta.GPU_RESOURCE: "8"},
+            "allocatable": {"cpu": "64", "memory": "256Gi", "pods": "110", meta.GPU_RESOURCE: "8"},
+            "conditions": [{"type": "Ready", "status": "True", "reason": "KubeletReady", "message": "fake"}]}})
+        cluster.core.patch_node("node-a", {"spec": {"taints": None}})
+        with operator_env(dev.operator_kubeconfig), fake_kubelet(cluster):
+            yield cluster, dev
+    finally:
+        dev.stop()
+
+
+@contextlib.contextmanager
+def cluster_on(backend: str, data_dir: Path) -> Iterator[tuple[Cluster, object]]:
+    if backend == "real":
+        with real_cluster(data_dir) as pair:
+            yield pair
+    else:
+        with emulated_cluster() as pair:
+            yield pair

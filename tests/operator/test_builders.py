@@ -35,7 +35,8 @@ def test_train_gang_env_contract(nodes, gpus, world_size, per_node):
         assert env["WORLD_SIZE"] == str(world_size)
         assert env["NUM_GPU_PER_NODE"] == str(per_node)
         assert env["M2F_RESULTS_DIR"] == "/results/train/run"
-        assert env["M2F_STATUS_TARGET"] == "mask2former.io/v1alpha1/namespaces/ml/mask2formertrains/run"
+        assert "M2F_STATUS_TARGET" not in env  # no pod writes status: the operator reads rank 0's metrics
+        assert pod["spec"]["automountServiceAccountToken"] is False  # and no pod gets an API token
         assert env["M2F_METRICS_PORT"] == ("9091" if index == 0 else "0")
         spec = pod["spec"]
         assert (spec["hostname"], spec["subdomain"], spec["restartPolicy"]) == (f"run-worker-{index}", "run", "Never")

@@ -63,6 +63,12 @@ def test_errors_are_status_objects_with_reasons(core):
     assert (no_ns.status, _reason(no_ns)) == (404, "NotFound") and _message(no_ns) == 'namespaces "ghost" not found'
     bad_name = _error(lambda: core.create_namespaced_config_map("default", {"metadata": {"name": "Bad_Name"}}))
     assert (bad_name.status, _reason(bad_name)) == (422, "Invalid")
+    # Pod validation a real server does: two volumes of one name (what a user volume named `dshm` would cause).
+    volumes = [{"name": "dshm", "emptyDir": {}}, {"name": "dshm", "emptyDir": {}}]
+    duplicate = _error(lambda: core.create_namespaced_pod("default", {"metadata": {"name": "p"}, "spec": {
+        "containers": [{"name": "c", "image": "x"}], "volumes": volumes}}))
+    assert (duplicate.status, _reason(duplicate)) == (422, "Invalid")
+    assert _message(duplicate) == 'Pod "p" is invalid: spec.volumes[1].name: Duplicate value: "dshm"'
 
 
 def test_optimistic_concurrency_conflict_on_stale_resource_version(core):

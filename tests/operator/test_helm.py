@@ -67,26 +67,31 @@ def test_deployment_is_hardened_single_replica_with_liveness(repo_root):
     assert env["M2F_WATCH_NAMESPACE"] == "" and env["M2F_WORKER_SERVICE_ACCOUNT"] == "mask2former-worker"
 
 
+PLURALS = ("mask2formertrains", "mask2formerevaluates", "mask2formerinferences", "mask2formerexports")
+
+
 def test_rbac_modes_and_least_privilege(repo_root):
     cluster_wide = render(repo_root)
     assert {r["metadata"]["name"] for r in by_kind(cluster_wide, "ClusterRole")} == {
         "m2f-mask2former-operator", "m2f-mask2former-operator-discovery"}
-    assert by_kind(cluster_wide, "Role")[0]["metadata"]["namespace"] == "ops"  # only the worker Role
+    assert by_kind(cluster_wide, "Role") == []  # workers get no Role at all
 
     one_namespace = render(repo_root, "watchNamespace=ml")
     assert by_kind(one_namespace, "ClusterRole") == [] and by_kind(one_namespace, "ClusterRoleBinding") == []
-    operator_role = next(r for r in by_kind(one_namespace, "Role") if r["metadata"]["name"] == "m2f-mask2former-operator")
+    (operator_role,) = by_kind(one_namespace, "Role")
     assert operator_role["metadata"]["namespace"] == "ml"
     verbs = {tuple(rule["resources"]): set(rule["verbs"]) for rule in operator_role["rules"]}
-    assert verbs[("services", "configmaps")] == {"create"}
-    assert "update" not in set().union(*verbs.values()) and "*" not in set().union(*verbs.values())
+    assert verbs[("services", "configmaps")] == {"get", "create"}
+    # update only where OwnerReferencesPermissionEnforcement needs it (children's blockOwnerDeletion).
+    updatable = [resources for resources, granted in verbs.items() if "update" in granted]
+    assert updatable == [tuple(f"{plural}/finalizers" for plural in PLURALS)]
+    assert verbs[updatable[0]] == {"update"} and "*" not in set().union(*verbs.values())
 
-    worker_roles = [r for r in by_kind(render(repo_root, "worker.namespaces={ml,vision}"), "Role")
-                    if r["metadata"]["name"] == "mask2former-worker"]
-    assert sorted(r["metadata"]["namespace"] for r in worker_roles) == ["ml", "vision"]
-    for role in worker_roles:
-        (rule,) = role["rules"]
-        assert rule["verbs"] == ["patch"] and all(r.endswith("/status") for r in rule["resources"])
+    workers = render(repo_root, "worker.namespaces={ml,vision}")
+    accounts = [a for a in by_kind(workers, "ServiceAccount") if a["metadata"]["name"] == "mask2former-worker"]
+    assert sorted(a["metadata"]["namespace"] for a in accounts) == ["ml", "vision"]
+    assert all(a["automountServiceAccountToken"] is False for a in accounts)
+    assert by_kind(workers, "Role") == [] and by_kind(workers, "RoleBinding") == []
 
 
 def test_chart_crds_are_the_generated_ones(repo_root):

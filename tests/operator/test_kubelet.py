@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
+import ipaddress
 import json
 import os
 import time
+import urllib.error
+import urllib.request
 from pathlib import Path
 
 import kubernetes
@@ -12,6 +16,8 @@ import pytest
 from kubernetes.client.rest import ApiException
 from m2f_devcluster.emulator import run_emulator
 from m2f_devcluster.kubelet import PathMap, rewrite_cluster_dns, run_kubelet
+from m2f_devcluster.kubelet.addresses import POD_NETWORK
+from polling import wait_for
 
 NODES = ("node-a", "node-b")
 
@@ -84,7 +90,7 @@ def test_pod_runs_with_env_volumes_and_reports_failure(cluster):
         "import os, sys, json\n"
         "spec = open(sys.argv[1]).read()\n"
         "open(os.environ['MSG_PATH'], 'w').write('error: bad lr')\n"
-        "print(json.dumps({'env': {k: os.environ[k] for k in ('POD', 'NS', 'IP', 'LR', 'MASTER_ADDR', 'MASTER_PORT', 'KUBECONFIG')}, 'spec': spec, 'cwd': os.getcwd()}))\n"
+        "print(json.dumps({'env': {k: os.environ[k] for k in ('POD', 'NS', 'IP', 'LR', 'MASTER_ADDR', 'MASTER_PORT')}, 'kubeconfig': os.environ.get('KUBECONFIG'), 'spec': spec, 'cwd': os.getcwd()}))\n"
         "sys.exit(3)\n")
     pod = _pod("failing", script, env=[
         {"name": "POD", "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}},
@@ -102,12 +108,15 @@ def test_pod_runs_with_env_volumes_and_reports_failure(cluster):
     done = _wait(core, "failing", lambda p: p and p.status.phase == "Failed")
     terminated = _terminated(done)
     assert (terminated.exit_code, terminated.reason, terminated.message) == (3, "Error", "error: bad lr")
-    assert done.spec.node_name in NODES and done.status.pod_ip == "127.0.0.1" and done.status.start_time
+    # Its API address is its own, outside loopback (a real endpoints controller rejects loopback); the process
+    # itself sees 127.0.0.1.
+    assert done.spec.node_name in NODES and done.status.start_time
+    assert ipaddress.ip_address(done.status.pod_ip) in ipaddress.ip_network(POD_NETWORK)
     output = json.loads(core.read_namespaced_pod_log("failing", "default"))
     env = output["env"]
     assert (env["POD"], env["NS"], env["IP"], env["LR"]) == ("failing", "default", "127.0.0.1", "0.1")
     assert env["MASTER_ADDR"] == "127.0.0.1" and env["MASTER_PORT"] != "29500"
-    assert Path(env["KUBECONFIG"]).is_file()
+    assert output["kubeconfig"] is None  # no API credentials in pods
     # the configMap file was materialised, with the PVC mount path rewritten to its local folder
     assert output["spec"] == f"results_dir: {data_dir / 'pvc' / 'default' / 'results'}/run1\n"
     assert (data_dir / "pvc" / "default" / "results").is_dir()
@@ -280,7 +289,7 @@ def test_kubectl_logs_follow_and_wide_listing(cluster, tmp_path):
     assert followed.stdout == "line 0\nline 1\nline 2\n"  # returned once the pod finished, nothing lost
     wide = subprocess.run([kubectl, "--kubeconfig", kubeconfig, "--cache-dir", str(tmp_path / "kube-cache"), "get", "pod", "chatty", "-o", "wide", "--no-headers"],
                           capture_output=True, text=True, timeout=30).stdout.split()
-    assert wide[2] == "Completed" and wide[5] == "127.0.0.1" and wide[6] in NODES
+    assert wide[2] == "Completed" and ipaddress.ip_address(wide[5]).version == 4 and wide[6] in NODES
 
 
 def test_init_containers_run_first_and_logs_have_tails(cluster):
@@ -348,3 +357,32 @@ def test_a_program_that_cannot_start_fails_the_pod_with_start_error(cluster, tmp
     terminated = _terminated(failed)
     assert (terminated.exit_code, terminated.reason) == (128, "StartError")
     assert "Permission denied" in terminated.message
+
+
+def test_pod_network_reaches_a_pod_by_its_address_and_declared_port(cluster):
+    """What the operator does for progress: GET http://<pod IP>:<declared port>/ through the dev cluster's pod
+    network, which lands on the loopback port the kubelet gave the pod's process."""
+    core, kubelet, _ = cluster
+    script = ("import http.server, os\n"
+              "class H(http.server.BaseHTTPRequestHandler):\n"
+              "    def do_GET(self):\n"
+              "        body = ('hello from ' + self.path).encode()\n"
+              "        self.send_response(200); self.send_header('Content-Length', str(len(body))); self.end_headers()\n"
+              "        self.wfile.write(body)\n"
+              "http.server.HTTPServer(('127.0.0.1', int(os.environ['WEB_PORT'])), H).serve_forever()\n")
+    core.create_namespaced_pod("default", _pod("web", script, env=[{"name": "WEB_PORT", "value": "8080"}]))
+    running = _wait(core, "web", lambda p: p and p.status.phase == "Running")
+    proxy = urllib.request.build_opener(urllib.request.ProxyHandler(
+        {"http": f"http://127.0.0.1:{kubelet.kubelet.pod_network.port}"}))
+    url = f"http://{running.status.pod_ip}:8080/metrics?x=1"
+
+    def answer():
+        with contextlib.suppress(OSError):
+            return proxy.open(url, timeout=5).read()
+        return None
+
+    assert wait_for(answer, 30, "the pod's server through the pod network") == b"hello from /metrics?x=1"
+    with pytest.raises(urllib.error.HTTPError) as missing:
+        proxy.open("http://198.19.255.254:8080/", timeout=5)
+    assert missing.value.code == 502
+    core.delete_namespaced_pod("web", "default", grace_period_seconds=0)

@@ -272,3 +272,25 @@ def test_the_trainers_termination_summary_lands_in_status(tmp_path, monkeypatch)
     status = applied(body, plan)["status"]
     assert status["metrics"] == {"PQ": 41.25, "SQ": 80.0, "RQ": 50.5}
     assert status["artifacts"]["metricsFile"] == "/results/evaluate/ev/evaluate/metrics.json"
+
+
+def _unschedulable(body: dict, message: str) -> dict:
+    body["status"]["conditions"] = [{"type": "PodScheduled", "status": "False", "reason": "Unschedulable",
+                                     "message": message}]
+    return body
+
+
+def test_the_schedulers_message_is_a_condition_while_a_pod_cannot_be_placed():
+    message = "0/2 nodes are available: 2 Insufficient nvidia.com/gpu."
+    train = applied(resource(nodes=2), run(resource(nodes=2)))
+    pods = [_unschedulable(pod(index=0, phase="Pending"), message), pod(index=1, phase="Pending")]
+    plan = run(train, pods)
+    scheduled = condition(plan.status_patch, "Scheduled")
+    assert (scheduled["status"], scheduled["reason"]) == ("False", "Unschedulable")
+    assert scheduled["message"] == f"pod run-worker-0: {message}"
+    assert [(e.type, e.reason) for e in plan.events] == [("Warning", "Unschedulable")]
+    waiting = applied(train, plan)
+    assert run(waiting, pods).events == []  # the same message again: no new Event
+    placed = run(waiting, gang(phase="Running"))
+    assert condition(applied(waiting, placed), "Scheduled")["status"] == "True"
+    assert placed.phase == "Running"

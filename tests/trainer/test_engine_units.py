@@ -2,20 +2,15 @@
 
 from __future__ import annotations
 
-import json
 import signal
 import subprocess
 import sys
-import threading
-import time
 import urllib.request
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
 import torch
-from m2f_trainer.engine import checkpoints, distributed, optim, progress, prometheus
+from m2f_trainer.engine import checkpoints, distributed, optim, prometheus
 from m2f_trainer.errors import SpecError, UserError
 from torch import nn
 
@@ -245,90 +240,13 @@ def test_prometheus_exporter_serves_training_gauges():
     try:
         exporter.update_step(epoch=2, step=17, loss=1.5, images_per_s=3.25, device=torch.device("cpu"))
         exporter.update_validation("PQ", 0.42)
+        exporter.set_total_epochs(12)
         body = urllib.request.urlopen(f"http://127.0.0.1:{exporter.port}/metrics", timeout=10).read().decode()
     finally:
         exporter.close()
     assert "m2f_train_epoch 3.0" in body and "m2f_train_step 17.0" in body
     assert "m2f_train_loss 1.5" in body and "m2f_train_images_per_second 3.25" in body
-    assert 'm2f_validation_metric{name="PQ"} 0.42' in body
-
-
-# ----------------------------------------------------------------------------------- status reporter
-
-class FakeApiServer:
-    """Records PATCH requests like the API server's status subresource; fails the first `fail_first`."""
-
-    def __init__(self, fail_first: int = 0):
-        self.requests: list[tuple[str, str, str, dict]] = []
-        self.fail_first = fail_first
-        outer = self
-
-        class Handler(BaseHTTPRequestHandler):
-            def do_PATCH(self):
-                body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
-                outer.requests.append((self.command, self.path, self.headers["Content-Type"], body))
-                code = 500 if len(outer.requests) <= outer.fail_first else 200
-                payload = json.dumps({"kind": "Status"} if code == 500 else body).encode()
-                self.send_response(code)
-                self.send_header("Content-Type", "application/json")
-                self.send_header("Content-Length", str(len(payload)))
-                self.end_headers()
-                self.wfile.write(payload)
-
-            def log_message(self, *args):
-                pass
-
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        threading.Thread(target=self.server.serve_forever, daemon=True).start()
-        self.url = f"http://127.0.0.1:{self.server.server_port}"
-
-    def kubeconfig(self, path: Path) -> Path:
-        path.write_text(json.dumps({
-            "apiVersion": "v1", "kind": "Config", "current-context": "fake",
-            "clusters": [{"name": "fake", "cluster": {"server": self.url}}],
-            "users": [{"name": "fake", "user": {"token": "t"}}],
-            "contexts": [{"name": "fake", "context": {"cluster": "fake", "user": "fake"}}],
-        }))
-        return path
-
-    def close(self):
-        self.server.shutdown()
-        self.server.server_close()
-
-
-def test_status_reporter_merge_patches_status_progress_throttled(tmp_path, monkeypatch):
-    # Imported before KUBECONFIG is set, as in a pytest worker that ran other tests first: the client fixes
-    # its default kubeconfig path at import time, so the reporter must read KUBECONFIG itself.
-    import kubernetes.config  # noqa: F401
-
-    server = FakeApiServer(fail_first=1)
-    monkeypatch.setenv("KUBECONFIG", str(server.kubeconfig(tmp_path / "kubeconfig")))
-    monkeypatch.delenv("KUBERNETES_SERVICE_HOST", raising=False)
-    try:
-        reporter = progress.StatusReporter("m2f.example.com/v1alpha1/namespaces/team-a/trainings/exp1",
-                                           min_interval_s=5)  # the whole burst below fits in one interval
-        reporter.report({"epoch": 1, "step": 1, "loss": 3.0})  # answered 500: logged, not raised
-        deadline = time.monotonic() + 10
-        while reporter.failures < 1 and time.monotonic() < deadline:
-            time.sleep(0.02)
-        for step in range(2, 40):  # a burst within one interval collapses into one patch
-            reporter.report({"epoch": 1, "step": step, "loss": 1.0 / step})
-        reporter.close()
-    finally:
-        server.close()
-    assert reporter.failures == 1 and reporter.sent == 1
-    assert len(server.requests) == 2
-    method, path, content_type, body = server.requests[-1]
-    assert method == "PATCH" and content_type == "application/merge-patch+json"
-    assert path == "/apis/m2f.example.com/v1alpha1/namespaces/team-a/trainings/exp1/status"
-    assert body["status"]["progress"]["step"] == 39 and body["status"]["progress"]["updateTime"].endswith("Z")
-
-
-def test_status_target_parsing_and_env():
-    assert progress.StatusReporter.from_env({}) is None
-    assert progress.StatusReporter.from_env({"M2F_STATUS_TARGET": "bad/target"}) is None
-    parts = progress.parse_status_target("g.io/v1/namespaces/ns/plural/name")
-    assert parts == {"group": "g.io", "version": "v1", "namespace": "ns", "plural": "plural", "name": "name"}
+    assert 'm2f_validation_metric{name="PQ"} 0.42' in body and "m2f_train_epochs_total 12.0" in body
 
 
 # ----------------------------------------------------------------------------------- gradient clipping

@@ -60,12 +60,19 @@ def service(obj: dict, allocate_ip: Callable[[], str]) -> None:
     obj.setdefault("status", {"loadBalancer": {}})
 
 
-def node(name: str) -> dict:
+# What a dev-cluster node offers the scheduler: GPUs are a number to fit pods against, not devices.
+DEFAULT_CAPACITY = {"cpu": "16", "memory": "64Gi", "pods": "110", "nvidia.com/gpu": "8"}
+
+
+def node(name: str, capacity: dict[str, str] | None = None) -> dict:
+    capacity = dict(capacity or DEFAULT_CAPACITY)
     return {
         "metadata": {"name": name, "labels": {"kubernetes.io/hostname": name, "kubernetes.io/os": "linux",
                                               "m2f.dev/local-kubelet": "true"}},
         "spec": {},
         "status": {
+            "capacity": capacity,
+            "allocatable": dict(capacity),
             "conditions": [{"type": "Ready", "status": "True", "reason": "KubeletReady",
                             "message": "local kubelet is posting ready status",
                             "lastHeartbeatTime": now_rfc3339(), "lastTransitionTime": now_rfc3339()}],

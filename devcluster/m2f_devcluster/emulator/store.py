@@ -27,6 +27,7 @@ from m2f_devcluster.emulator.selectors import parse_field_selector, parse_label_
 from m2f_devcluster.emulator.watches import Watcher, WatchEvent
 
 _DNS_SUBDOMAIN = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$")
+_ENV_NAME = re.compile(r"^[-._a-zA-Z][-._a-zA-Z0-9]*$")
 CRD_TYPE = next(t for t in BUILTIN_TYPES if t.plural == "customresourcedefinitions")
 NAMESPACE_TYPE = next(t for t in BUILTIN_TYPES if t.plural == "namespaces")
 SERVICE_ACCOUNT_TYPE = next(t for t in BUILTIN_TYPES if t.plural == "serviceaccounts")
@@ -163,6 +164,20 @@ class ObjectStore:
 
     def _apply_create_defaults(self, rtype: ResourceType, obj: dict) -> None:
         if rtype.group == "" and rtype.plural == "pods":
+            # Pod validation a real API server does, where this project's operator could get it wrong.
+            seen: set[str] = set()
+            for index, container in enumerate((obj.get("spec") or {}).get("containers") or []):
+                for env_index, var in enumerate(container.get("env") or []):
+                    if not _ENV_NAME.match(str(var.get("name", ""))):
+                        raise invalid(rtype, obj["metadata"]["name"],
+                                      f'spec.containers[{index}].env[{env_index}].name: Invalid value: '
+                                      f'"{var.get("name")}": a valid environment variable name must consist of '
+                                      "alphabetic characters, digits, '_', '-', or '.', and must not start with a digit")
+            for index, volume in enumerate((obj.get("spec") or {}).get("volumes") or []):
+                if volume.get("name") in seen:
+                    raise invalid(rtype, obj["metadata"]["name"],
+                                  f'spec.volumes[{index}].name: Duplicate value: "{volume.get("name")}"')
+                seen.add(volume.get("name"))
             defaults.pod(obj)
             if not obj["spec"].get("nodeName") and self._next_node is not None:
                 obj["spec"]["nodeName"] = next(self._next_node)

@@ -1,7 +1,8 @@
 """The local kubelet: watches Pods through the API and runs their containers as local process groups.
 
-Narrated lifecycle of one pod: bind it to a node (when unscheduled) -> prepare volumes, env and the
-path map (retrying while a ConfigMap is missing) -> Running with podIP 127.0.0.1 -> wait for the
+Narrated lifecycle of one pod: bind it to a node (when unscheduled and no scheduler runs) -> prepare volumes,
+env and the path map (retrying while a ConfigMap is missing) -> Running with a pod IP of its own (see
+addresses.py; the processes themselves talk over loopback) -> wait for the
 processes -> Succeeded/Failed with exit codes, reasons and termination messages. A deletion with
 grace sends SIGTERM to the process group, SIGKILL after the grace period, writes the final status
 and confirms with a delete of grace 0. Pods on a lost node never acknowledge anything.
@@ -24,13 +25,17 @@ from pathlib import Path
 
 import aiohttp
 
-from m2f_devcluster.emulator.defaults import now_rfc3339
+from m2f_devcluster.emulator.defaults import DEFAULT_CAPACITY, now_rfc3339
+from m2f_devcluster.kubeconfig import ApiEndpoint
 from m2f_devcluster.kubelet import podspec, status, volumes
+from m2f_devcluster.kubelet.addresses import POD_NETWORK, PodAddresses
+from m2f_devcluster.kubelet.podnet import PodNetworkProxy
 from m2f_devcluster.kubelet.podspec import PodConfigError
 
 logger = logging.getLogger(__name__)
 
 LOST_NODE_ANNOTATION = "m2f.dev/lost"
+POD_MARKER_ENV = "M2F_DEV_KUBELET_DIR"
 PASSTHROUGH_ENV = ("PATH", "HOME", "USER", "LANG", "LC_ALL", "TZ", "TMPDIR", "PYTHONPATH", "VIRTUAL_ENV",
                    "OMP_NUM_THREADS", "MKL_NUM_THREADS", "M2F_COCO_SAMPLE")
 MERGE_PATCH = {"Content-Type": "application/merge-patch+json"}
@@ -64,6 +69,9 @@ class PodRun:
     lost: bool = False
     started_at: str | None = None
     task: asyncio.Task | None = None
+    pod_ip: str = "127.0.0.1"
+    # Declared port -> the loopback port its process was given (podspec.remap_ports): the pod network maps.
+    ports: dict[int, int] = field(default_factory=dict)
 
     @property
     def key(self) -> str:
@@ -86,8 +94,15 @@ class Kubelet:
     def __init__(self, api_url: str, data_dir: Path, nodes: tuple[str, ...] = ("dev-node-0",), *,
                  kubeconfig: Path | None = None, log_dir: Path | None = None,
                  bin_dir: Path = Path(sys.executable).parent, schedule: bool = True,
-                 extra_env: dict[str, str] | None = None, watch_timeout: int = 60):
-        self.api_url = api_url.rstrip("/")
+                 extra_env: dict[str, str] | None = None, watch_timeout: int = 60,
+                 endpoint: ApiEndpoint | None = None, capacity: dict[str, str] | None = None,
+                 pod_network: str = POD_NETWORK):
+        # `endpoint` (TLS, token) authenticates like any client of a real API server; without it, plain HTTP.
+        self.endpoint = endpoint or ApiEndpoint(api_url.rstrip("/"), {}, None)
+        self.api_url = self.endpoint.url
+        self.capacity = dict(capacity or DEFAULT_CAPACITY)
+        self.pod_ips = PodAddresses(pod_network)
+        self.pod_network = PodNetworkProxy(self._local_port)
         self.data_dir = Path(data_dir)
         self.nodes = tuple(nodes)
         self.kubeconfig = kubeconfig
@@ -143,8 +158,11 @@ class Kubelet:
 
     async def run(self) -> None:
         """Serve until `stop()`; then every local process is terminated."""
-        async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=None, sock_connect=10)) as self._http:
+        connector = aiohttp.TCPConnector(ssl=self.endpoint.ssl) if self.endpoint.ssl is not None else None
+        async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=None, sock_connect=10),
+                                         headers=self.endpoint.headers, connector=connector) as self._http:
             await self._register_nodes()
+            await self.open_pod_network()
             watches = [asyncio.create_task(self._watch("/api/v1/nodes", self._on_node)),
                        asyncio.create_task(self._watch("/api/v1/pods", self._on_pod))]
             try:
@@ -152,6 +170,7 @@ class Kubelet:
             finally:
                 for task in watches:
                     task.cancel()
+                await self.pod_network.close()
                 await self._shutdown_pods()
 
     def stop(self) -> None:
@@ -164,7 +183,11 @@ class Kubelet:
             while True:
                 try:
                     if await self._request("GET", f"/api/v1/nodes/{name}", ok_missing=True) is None:
-                        await self._request("POST", "/api/v1/nodes", dict(node_manifest(name), apiVersion="v1", kind="Node"))
+                        await self._request("POST", "/api/v1/nodes", dict(
+                            node_manifest(name, self.capacity), apiVersion="v1", kind="Node"))
+                    # A real API server taints a new Node not-ready until its node lifecycle controller sees
+                    # it Ready; the dev cluster runs without that controller, so the kubelet lifts the taint.
+                    await self._request("PATCH", f"/api/v1/nodes/{name}", {"spec": {"taints": None}}, MERGE_PATCH)
                     break
                 except (aiohttp.ClientError, RuntimeError) as exc:
                     logger.info("waiting for the API server to register node %s: %s", name, exc)
@@ -229,6 +252,7 @@ class Kubelet:
         run = self._pods.get(meta["uid"])
         if event_type == "DELETED":
             self._finished.discard(meta["uid"])
+            self.pod_ips.release(meta["uid"])
             if run is not None:  # force-deleted (or its node was lost): nothing to report any more
                 run.lost = True
                 run.signal(signal.SIGCONT)
@@ -252,7 +276,7 @@ class Kubelet:
         if meta.get("deletionTimestamp"):
             await self._confirm_deletion(pod)  # never started here (or finished): nothing to stop
         elif phase not in ("Succeeded", "Failed") and meta["uid"] not in self._finished:
-            run = PodRun(pod=pod, pod_dir=self._pod_dir(pod))
+            run = PodRun(pod=pod, pod_dir=self._pod_dir(pod), pod_ip=self.pod_ips.allocate(meta["uid"]))
             self._pods[run.key] = run
             run.task = asyncio.create_task(self._lifecycle(run), name=f"pod {run.label}")
 
@@ -336,15 +360,17 @@ class Kubelet:
             if index == 0:
                 volumes.rewrite_files(config_files, paths)
             env = podspec.build_env(pod, container, read_config)
-            env = podspec.remap_ports(env, lambda name, port: self._allocate_port(pod, name, port))
+            env = podspec.remap_ports(env, lambda name, port: run.ports.setdefault(
+                port, self._allocate_port(pod, name, port)))
             env = {name: podspec.rewrite_cluster_dns(paths.path(value)) for name, value in env.items()}
             argv = [*container.get("command", []), *container.get("args", [])]
             argv = [podspec.rewrite_cluster_dns(paths.path(podspec._expand(arg, env))) for arg in argv]
             process_env = {name: os.environ[name] for name in PASSTHROUGH_ENV if name in os.environ}
             # Unbuffered like the trainer image: logs interleave in order, the last line is the error.
             process_env.update(HOSTNAME=pod["spec"].get("hostname") or pod["metadata"]["name"], PYTHONUNBUFFERED="1")
-            if self.kubeconfig is not None:
-                process_env["KUBECONFIG"] = str(self.kubeconfig)
+            # No API credentials, as on a real node where the pod's account mounts no token; the marker lets
+            # `m2f dev down` find processes that outlived a killed kubelet.
+            process_env[POD_MARKER_ENV] = str(self.data_dir)
             process_env.setdefault("OMP_NUM_THREADS", str(podspec.cpu_threads(container, len(self.nodes))))
             process_env.update(self.extra_env)
             process_env.update(env)
@@ -355,6 +381,15 @@ class Kubelet:
                 log_path=log_dir / f"{container['name']}.log",
                 termination_path=volumes.termination_file(run.pod_dir, container)))
         return runs
+
+    def _local_port(self, pod_ip: str, port: int) -> int | None:
+        """The pod network's lookup: a running pod by its address, then its declared port's local one."""
+        run = next((r for r in self._pods.values() if r.pod_ip == pod_ip and not r.lost), None)
+        return None if run is None else run.ports.get(port, port)
+
+    async def open_pod_network(self) -> int:
+        """Start the pod network proxy (before clients need it); `run()` closes it. Returns its port."""
+        return self.pod_network.port or await self.pod_network.start()
 
     def _allocate_port(self, pod: dict, env_name: str, port: int) -> int:
         """One free local port per (job, label set, variable, port): the workers of one gang (same owner,

@@ -88,12 +88,13 @@ def resolve_command(argv: list[str], bin_dir: Path) -> list[str]:
 
 def field_ref(pod: dict, path: str) -> str:
     """The downward API values a local pod can have."""
-    meta, spec, status = pod["metadata"], pod.get("spec", {}), pod.get("status", {})
+    meta, spec = pod["metadata"], pod.get("spec", {})
     simple = {
         "metadata.name": meta.get("name"), "metadata.namespace": meta.get("namespace"),
         "metadata.uid": meta.get("uid"), "spec.nodeName": spec.get("nodeName"),
         "spec.serviceAccountName": spec.get("serviceAccountName"),
-        "status.podIP": status.get("podIP") or "127.0.0.1", "status.hostIP": "127.0.0.1",
+        # The processes' own address is loopback: the pod IP in the API is a label (kubelet/addresses.py).
+        "status.podIP": "127.0.0.1", "status.hostIP": "127.0.0.1",
         "status.podIPs": "127.0.0.1",
     }
     if path in simple:

@@ -59,7 +59,7 @@ def pod_status(run: PodRun, phase: str) -> dict:
                 "lastTransitionTime": now}
 
     status = {
-        "phase": phase, "hostIP": "127.0.0.1", "podIP": "127.0.0.1", "podIPs": [{"ip": "127.0.0.1"}],
+        "phase": phase, "hostIP": "127.0.0.1", "podIP": run.pod_ip, "podIPs": [{"ip": run.pod_ip}],
         "startTime": run.started_at,
         "conditions": [condition("PodScheduled", True), condition("Initialized", phase != "Pending"),
                        condition("ContainersReady", ready), condition("Ready", ready)],

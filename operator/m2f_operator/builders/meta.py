@@ -41,6 +41,10 @@ LABEL_MANAGED_BY = "app.kubernetes.io/managed-by"
 MANAGED_BY = "mask2former-operator"
 
 SPEC_MOUNT_DIR = "/etc/m2f"
+# What the operator puts into every pod itself; a spec may not name them (validation.py says which field).
+RESERVED_VOLUMES = ("experiment", "dshm")
+RESERVED_MOUNT_PATHS = (SPEC_MOUNT_DIR, "/dev/shm")
+RESERVED_LABEL_PREFIX = f"{GROUP}/"
 SPEC_FILE = f"{SPEC_MOUNT_DIR}/spec.yaml"
 TERMINATION_MESSAGE_PATH = "/dev/termination-log"
 MASTER_PORT = 29500
@@ -77,11 +81,6 @@ def pod_name(name: str, role: str, index: int) -> str:
     return f"{name}-{role}-{index}"
 
 
-def status_target(body: dict) -> str:
-    meta = body["metadata"]
-    return f"{GROUP}/{VERSION}/namespaces/{meta['namespace']}/{kind_info(body).plural}/{meta['name']}"
-
-
 def results_dir(body: dict, results_root: str = DEFAULT_RESULTS_ROOT) -> str:
     """Per-resource folder on the results volume, so a restarted gang finds its latest checkpoint."""
     explicit = body.get("spec", {}).get("resultsDir")
@@ -107,7 +106,8 @@ def selector_labels(body: dict) -> dict[str, str]:
 
 
 def child_metadata(body: dict, name: str, extra_labels: dict[str, str] | None = None) -> dict:
-    labels = {**selector_labels(body), LABEL_MANAGED_BY: MANAGED_BY, **(extra_labels or {})}
+    # The operator's labels win over anything a spec passes along (children are found by them).
+    labels = {**(extra_labels or {}), **selector_labels(body), LABEL_MANAGED_BY: MANAGED_BY}
     return {
         "name": name,
         "namespace": body["metadata"]["namespace"],

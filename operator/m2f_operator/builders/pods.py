@@ -63,7 +63,6 @@ def build_env(body: dict, stage: Stage, index: int, defaults: PodDefaults) -> li
         "WORLD_SIZE": str(stage.replicas * per_node),
         "NUM_GPU_PER_NODE": str(per_node),
         "M2F_RESULTS_DIR": meta.results_dir(body, defaults.results_root),
-        "M2F_STATUS_TARGET": meta.status_target(body),
         "M2F_METRICS_PORT": str(meta.METRICS_PORT if index == 0 else 0),
         "M2F_TERMINATION_MESSAGE_PATH": meta.TERMINATION_MESSAGE_PATH,
     }
@@ -92,7 +91,7 @@ def build_pod(body: dict, stage: Stage, index: int, attempt: int, defaults: PodD
     name = body["metadata"]["name"]
     pod_name = meta.pod_name(name, stage.role, index)
     labels = {
-        **spec.get("podLabels", {}),
+        **spec.get("podLabels", {}),  # reserved keys are refused by validation and overridden here
         meta.LABEL_ROLE: stage.role,
         meta.LABEL_REPLICA_INDEX: str(index),
         meta.LABEL_ATTEMPT: str(attempt),
@@ -127,6 +126,9 @@ def build_pod(body: dict, stage: Stage, index: int, attempt: int, defaults: PodD
         "subdomain": meta.service_name(name),
         "restartPolicy": "Never",
         "serviceAccountName": spec.get("serviceAccountName") or defaults.worker_service_account,
+        # No API credentials in worker pods (user code, pip packages) unless the spec asks for them: the
+        # operator reads progress from rank 0's metrics endpoint instead.
+        "automountServiceAccountToken": bool(spec.get("automountServiceAccountToken", False)),
         "securityContext": {**_DEFAULT_POD_SECURITY, **copy.deepcopy(spec.get("securityContext", {}))},
         "terminationGracePeriodSeconds": int(spec.get("terminationGracePeriodSeconds", 60)),
         "containers": [container],

@@ -41,6 +41,8 @@ class PodView:
     message: str
     deletion_deadline: datetime | None
     finished_at: datetime | None = None
+    # The scheduler's word on a pod it could not place (PodScheduled=False): "Unschedulable", "0/2 nodes ...".
+    unschedulable: str = ""
 
     @classmethod
     def of(cls, pod: dict) -> PodView:
@@ -65,6 +67,9 @@ class PodView:
             message=message,
             deletion_deadline=parse_time(metadata.get("deletionTimestamp")),
             finished_at=finished_at,
+            unschedulable=next((c.get("message") or c.get("reason") or "unschedulable"
+                                for c in status.get("conditions") or []
+                                if c.get("type") == "PodScheduled" and c.get("status") == "False"), ""),
         )
 
     @property

@@ -1,13 +1,11 @@
-"""Training progress: metrics.jsonl, plain log lines, and rank 0's `status.progress` patches to the owning resource."""
+"""Training progress: metrics.jsonl, plain log lines, and rank 0's Prometheus gauges (which the operator reads
+into the resource's status.progress: the pods themselves hold no API credentials)."""
 
 from __future__ import annotations
 
 import datetime as dt
 import json
 import logging
-import math
-import os
-import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -16,15 +14,10 @@ from lightning.pytorch.callbacks import Callback
 
 log = logging.getLogger(__name__)
 
-STATUS_INTERVAL_S = 10.0
 
 
 def _utc_now() -> str:
     return dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
-
-
-def _finite(value: float) -> float | None:
-    return value if math.isfinite(value) else None
 
 
 class MetricsJsonl:
@@ -43,115 +36,22 @@ class MetricsJsonl:
         self._handle.close()
 
 
-def parse_status_target(target: str) -> dict[str, str]:
-    """`<group>/<version>/namespaces/<ns>/<plural>/<name>` (pod env M2F_STATUS_TARGET) -> its parts."""
-    parts = target.strip("/").split("/")
-    if len(parts) != 6 or parts[2] != "namespaces" or not all(parts):
-        raise ValueError(f"M2F_STATUS_TARGET={target!r} is not <group>/<version>/namespaces/<ns>/<plural>/<name>")
-    group, version, _, namespace, plural, name = parts
-    return {"group": group, "version": version, "namespace": namespace, "plural": plural, "name": name}
-
-
-class StatusReporter:
-    """Merge-patches `status.progress` of the owning resource through the status subresource, at most every
-    `min_interval_s`, from a background thread so the training step never waits on the API server. Failures
-    are logged and never stop training."""
-
-    def __init__(self, target: str, min_interval_s: float = STATUS_INTERVAL_S, api: Any = None) -> None:
-        self.target = parse_status_target(target)
-        self.min_interval_s = float(min_interval_s)
-        self._api = api
-        self._pending: dict[str, Any] | None = None
-        self._last_sent = -math.inf
-        self._cond = threading.Condition()
-        self._closed = False
-        self.sent = 0
-        self.failures = 0
-        self._thread = threading.Thread(target=self._run, name="m2f-status-reporter", daemon=True)
-        self._thread.start()
-
-    @classmethod
-    def from_env(cls, environ: dict[str, str] | None = None) -> StatusReporter | None:
-        environ = os.environ if environ is None else environ
-        target = environ.get("M2F_STATUS_TARGET")
-        if not target:
-            return None
-        try:
-            return cls(target)
-        except ValueError as exc:
-            log.error("progress reporting disabled: %s", exc)
-            return None
-
-    def _client(self):
-        if self._api is None:
-            from kubernetes import client, config
-
-            try:
-                config.load_incluster_config()
-            except config.ConfigException:
-                # KUBECONFIG (the dev cluster) is read now: the client fixes its default path at import time.
-                config.load_kube_config(config_file=os.environ.get("KUBECONFIG"))
-            self._api = client.CustomObjectsApi()
-        return self._api
-
-    def report(self, progress: dict[str, Any]) -> None:
-        with self._cond:
-            self._pending = dict(progress, updateTime=_utc_now())
-            self._cond.notify()
-
-    def _send(self, progress: dict[str, Any]) -> None:
-        try:
-            self._client().patch_namespaced_custom_object_status(
-                body={"status": {"progress": progress}},
-                _content_type="application/merge-patch+json",
-                **self.target,
-            )
-            self.sent += 1
-        except Exception as exc:  # never fatal: the job's own progress matters more than its report
-            self.failures += 1
-            log.warning("could not patch status.progress of %s: %s", "/".join(self.target.values()), exc)
-
-    def _run(self) -> None:
-        while True:
-            with self._cond:
-                while self._pending is None and not self._closed:
-                    self._cond.wait()
-                if self._pending is None and self._closed:
-                    return
-                wait = self._last_sent + self.min_interval_s - time.monotonic()
-                if wait > 0 and not self._closed:
-                    self._cond.wait(timeout=wait)
-                    continue
-                progress, self._pending = self._pending, None
-            self._last_sent = time.monotonic()
-            self._send(progress)
-
-    def close(self, timeout_s: float = 10.0) -> None:
-        """Send what is pending now (ignoring the interval) and stop the thread."""
-        with self._cond:
-            self._closed = True
-            self._cond.notify()
-        self._thread.join(timeout=timeout_s)
-
-
 class ProgressCallback(Callback):
     """Per step: loss terms, lr, images/s to metrics.jsonl (rank 0), a log line every `log_every` steps when no
-    progress bar is shown, and the same numbers to Prometheus and the resource's status."""
+    progress bar is shown, and the same numbers to Prometheus."""
 
     def __init__(self, train_dir: Path, num_epochs: int, batch_size: int, log_every: int = 10,
-                 plain_logs: bool = True, exporter: Any = None, status: StatusReporter | None = None) -> None:
+                 plain_logs: bool = True, exporter: Any = None) -> None:
         self.train_dir = Path(train_dir)
         self.num_epochs = int(num_epochs)
         self.batch_size = int(batch_size)
         self.log_every = max(1, int(log_every))
         self.plain_logs = plain_logs
         self.exporter = exporter
-        self.status = status
         self.jsonl: MetricsJsonl | None = None
         self._step_started = None
         self._images_per_s = 0.0
         self._last_metric: tuple[str, float] | None = None
-        self._last_loss = None
 
     def on_train_start(self, trainer, pl_module) -> None:
         # After checkpoint restore: a resumed run's start record names the epoch it resumes at.
@@ -171,7 +71,6 @@ class ProgressCallback(Callback):
         self._images_per_s = images / elapsed if elapsed > 0 else 0.0
         terms = {k: float(v) for k, v in (getattr(pl_module, "last_loss_terms", None) or {}).items()}
         loss = float(outputs["loss"]) if isinstance(outputs, dict) and "loss" in outputs else terms.get("loss")
-        self._last_loss = loss
         lrs = [group["lr"] for group in trainer.optimizers[0].param_groups] if trainer.optimizers else [0.0]
         record = {
             "event": "step", "epoch": trainer.current_epoch, "step": trainer.global_step,
@@ -185,7 +84,6 @@ class ProgressCallback(Callback):
         if self.exporter is not None:
             self.exporter.update_step(epoch=trainer.current_epoch, step=trainer.global_step, loss=loss,
                                       images_per_s=self._images_per_s, device=pl_module.device)
-        self._report_status(trainer, loss)
 
     def record_validation(self, trainer, metrics: dict[str, float], primary: tuple[str, float]) -> None:
         """Called by the LightningModule on rank 0 once per validation with the gathered metrics."""
@@ -197,24 +95,11 @@ class ProgressCallback(Callback):
                  " ".join(f"{k}={v:.4f}" for k, v in metrics.items() if isinstance(v, float)))
         if self.exporter is not None:
             self.exporter.update_validation(*primary)
-        self._report_status(trainer, self._last_loss)
 
     def on_train_epoch_end(self, trainer, pl_module) -> None:
         if self.jsonl is not None:
             self.jsonl.write({"event": "epoch_end", "epoch": trainer.current_epoch, "step": trainer.global_step,
                               "time": _utc_now()})
-
-    def _report_status(self, trainer, loss) -> None:
-        if self.status is None:
-            return
-        progress: dict[str, Any] = {
-            "epoch": trainer.current_epoch + 1, "totalEpochs": self.num_epochs, "step": trainer.global_step,
-            "loss": _finite(loss) if loss is not None else None,
-            "imagesPerSecond": round(self._images_per_s, 3),
-        }
-        if self._last_metric is not None:
-            progress["lastMetric"] = {"name": self._last_metric[0], "value": _finite(self._last_metric[1])}
-        self.status.report(progress)
 
     def on_fit_end(self, trainer, pl_module) -> None:
         if self.jsonl is not None:

@@ -34,6 +34,8 @@ class TrainingExporter:
         self.registry = CollectorRegistry()
         self.loss = Gauge("m2f_train_loss", "total training loss of the last step", registry=self.registry)
         self.epoch = Gauge("m2f_train_epoch", "current epoch (1-based)", registry=self.registry)
+        self.epochs_total = Gauge("m2f_train_epochs_total", "epochs this run trains (train.num_epochs)",
+                                  registry=self.registry)
         self.step = Gauge("m2f_train_step", "optimizer steps taken", registry=self.registry)
         self.images_per_second = Gauge("m2f_train_images_per_second", "training throughput, all ranks",
                                        registry=self.registry)
@@ -55,6 +57,9 @@ class TrainingExporter:
             import torch
 
             self.gpu_memory.set(torch.cuda.memory_allocated(device))
+
+    def set_total_epochs(self, epochs: int) -> None:
+        self.epochs_total.set(epochs)
 
     def update_validation(self, name: str, value: float) -> None:
         self.last_metric.labels(name=name).set(value)

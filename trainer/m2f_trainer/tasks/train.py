@@ -93,7 +93,7 @@ def train(cfg: Any) -> int:
     from m2f_trainer.engine.checkpoints import EpochCheckpoint, find_resume_checkpoint, load_model_weights
     from m2f_trainer.engine.distributed import resolve_launch_plan
     from m2f_trainer.engine.module import Mask2FormerModule, WeightsDigest
-    from m2f_trainer.engine.progress import ProgressCallback, StatusReporter
+    from m2f_trainer.engine.progress import ProgressCallback
     from m2f_trainer.engine.prometheus import metrics_port
     from m2f_trainer.engine.signals import DeferSigtermToTrainer
     from m2f_trainer.engine.validation import ModelEvaluator
@@ -135,14 +135,13 @@ def train(cfg: Any) -> int:
         log.info("resuming from %s", resume)
     if _is_global_rank_zero(plan):
         progress.exporter = _start_exporter(port)
-        progress.status = StatusReporter.from_env()
+        if progress.exporter is not None:
+            progress.exporter.set_total_epochs(train_cfg.num_epochs)
     try:
         trainer.fit(module, datamodule=datamodule, ckpt_path=str(resume) if resume else None)
     finally:
         if progress.exporter is not None:
             progress.exporter.close()
-        if progress.status is not None:
-            progress.status.close()
     if trainer.state.status.value != "finished":
         log.error("training stopped before the last epoch (status %s)", trainer.state.status.value)
         return 1

@@ -1,0 +1,76 @@
+"""Training progress read from rank 0's Prometheus endpoint (`http://<pod IP>:9091/metrics`).
+
+The operator reads progress itself so that no worker pod needs API credentials: a pod that could patch its
+own resource's status could patch any job's. Standard proxy variables apply (HTTP_PROXY / NO_PROXY): the
+dev cluster reaches its pods' addresses through one.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import urllib.error
+import urllib.request
+from datetime import datetime
+
+from prometheus_client.parser import text_string_to_metric_families
+
+from m2f_operator.builders import meta
+from m2f_operator.policies.observe import format_time
+
+log = logging.getLogger(__name__)
+
+SCRAPE_TIMEOUT_S = 2.0
+# Trainer gauge -> status.progress field (the trainer's engine/prometheus.py names them).
+_GAUGES = {
+    "m2f_train_epoch": "epoch",
+    "m2f_train_epochs_total": "totalEpochs",
+    "m2f_train_step": "step",
+    "m2f_train_loss": "loss",
+    "m2f_train_images_per_second": "imagesPerSecond",
+}
+_INTEGERS = {"epoch", "totalEpochs", "step"}
+
+
+def progress_from_metrics(text: str, now: datetime) -> dict | None:
+    """The exposition text -> status.progress (values rounded for display), or None when it has no training."""
+    progress: dict = {}
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            if not math.isfinite(sample.value):
+                continue
+            if sample.name in _GAUGES:
+                key = _GAUGES[sample.name]
+                progress[key] = int(sample.value) if key in _INTEGERS else round(sample.value, 4)
+            elif sample.name == "m2f_validation_metric" and "name" in sample.labels:
+                progress["lastMetric"] = {"name": sample.labels["name"], "value": round(sample.value, 4)}
+    if progress.get("epoch", 0) < 1 or "step" not in progress:  # the gauges exist before the first step
+        return None
+    progress["updateTime"] = format_time(now)
+    return progress
+
+
+def rank_zero_endpoint(pods: list[dict]) -> str | None:
+    """`host:port` of the running rank-0 worker of the newest attempt, when it has an address."""
+    def attempt(pod: dict) -> int:
+        return int(pod["metadata"]["labels"].get(meta.LABEL_ATTEMPT, 0))
+
+    workers = [p for p in pods if p["metadata"]["labels"].get(meta.LABEL_ROLE) == "worker"
+               and p["metadata"]["labels"].get(meta.LABEL_REPLICA_INDEX) == "0"
+               and not p["metadata"].get("deletionTimestamp")]
+    for pod in sorted(workers, key=attempt, reverse=True):
+        status = pod.get("status") or {}
+        if status.get("phase") == "Running" and status.get("podIP"):
+            return f"{status['podIP']}:{meta.METRICS_PORT}"
+        return None
+    return None
+
+
+def scrape(endpoint: str, now: datetime, timeout: float = SCRAPE_TIMEOUT_S) -> dict | None:
+    """One GET of rank 0's /metrics; None (logged at debug) while it is not serving yet or is gone."""
+    try:
+        with urllib.request.urlopen(f"http://{endpoint}/metrics", timeout=timeout) as response:
+            return progress_from_metrics(response.read().decode("utf-8", "replace"), now)
+    except (OSError, urllib.error.URLError, ValueError) as exc:
+        log.debug("no progress from %s: %s", endpoint, exc)
+        return None

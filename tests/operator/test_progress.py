@@ -1,0 +1,66 @@
+"""Progress read from rank 0's metrics endpoint: exposition text -> status.progress, which pod is read, and the
+reconcile writes it only while the Train runs."""
+
+from __future__ import annotations
+
+import pytest
+from m2f_operator.progress import progress_from_metrics, rank_zero_endpoint
+from m2f_operator.reconcile import Observed, reconcile
+from reconcile_factories import NOW, gang, pod, resource
+
+EXPOSITION = """# TYPE m2f_train_epoch gauge
+m2f_train_epoch 3.0
+m2f_train_epochs_total 12.0
+m2f_train_step 17.0
+m2f_train_loss 1.234567
+m2f_train_images_per_second 3.25
+m2f_validation_metric{name="PQ"} 0.4212345
+m2f_gpu_memory_allocated_bytes 0.0
+"""
+
+
+def test_exposition_becomes_status_progress_rounded_for_display():
+    assert progress_from_metrics(EXPOSITION, NOW) == {
+        "epoch": 3, "totalEpochs": 12, "step": 17, "loss": 1.2346, "imagesPerSecond": 3.25,
+        "lastMetric": {"name": "PQ", "value": 0.4212}, "updateTime": "2026-01-01T12:00:00Z"}
+
+
+@pytest.mark.parametrize("text", ["", "# nothing yet\n", "m2f_train_epoch 1.0\n", "m2f_train_step NaN\n",
+                                  "m2f_train_epoch 0.0\nm2f_train_step 0.0\n"])
+def test_no_training_step_yet_is_no_progress(text):
+    assert progress_from_metrics(text, NOW) is None
+
+
+def _with_ip(body: dict, ip: str | None) -> dict:
+    if ip:
+        body["status"]["podIP"] = ip
+    return body
+
+
+@pytest.mark.parametrize(
+    ("pods", "expected"),
+    [
+        ([_with_ip(p, f"10.0.0.{i}") for i, p in enumerate(gang())], "10.0.0.0:9091"),
+        ([_with_ip(pod(index=1), "10.0.0.1")], None),  # rank 0 absent
+        ([_with_ip(pod(index=0, phase="Pending"), None)], None),  # not running yet, no address
+        ([_with_ip(pod(index=0, attempt=0), "10.0.0.1"), _with_ip(pod(index=0, attempt=1), "10.0.0.2")],
+         "10.0.0.2:9091"),  # the newest attempt
+        ([_with_ip(pod(index=0, attempt=1, phase="Pending"), None), _with_ip(pod(index=0, attempt=0), "10.0.0.1")],
+         None),  # the restarted gang's rank 0 is not up: the old one is not read
+        ([_with_ip(pod(index=0, role="onnx"), "10.0.0.3")], None),
+    ],
+)
+def test_rank_zero_endpoint(pods, expected):
+    assert rank_zero_endpoint(pods) == expected
+
+
+@pytest.mark.parametrize(("phase", "written"), [("Running", True), ("Created", False), ("Succeeded", False)])
+def test_reconcile_writes_progress_only_while_running(phase, written):
+    pods = gang(phase="Running" if phase != "Succeeded" else "Succeeded",
+                exit_code=0 if phase == "Succeeded" else None)
+    if phase == "Created":
+        pods = gang(phase="Pending")
+    body = resource(status={"phase": phase, "conditions": [], "restarts": 0})
+    progress = progress_from_metrics(EXPOSITION, NOW)
+    plan = reconcile(Observed(body, pods, NOW, progress=progress))
+    assert (plan.status_patch.get("progress") == progress) is written, plan.status_patch
