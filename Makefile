@@ -13,12 +13,13 @@ export OMP_NUM_THREADS ?= 1
 
 install: $(STAMP)
 
-$(STAMP): pyproject.toml hack/install_k8s_tools.py
+$(STAMP): pyproject.toml hack/install_k8s_tools.py hack/install_etcd.sh
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
 	$(BIN)/python -m pip install -q $(TORCH_PINS)
 	$(BIN)/python -m pip install -q -e '.[test]'
 	$(BIN)/python hack/install_k8s_tools.py $(BIN)
+	bash hack/install_etcd.sh
 	touch $(STAMP)
 
 test: install

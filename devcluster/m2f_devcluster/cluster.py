@@ -164,7 +164,8 @@ class DevClusterRuntime:
             self.kubelet = Kubelet(endpoint.url, config.data_dir, config.nodes, log_dir=config.log_dir,
                                    endpoint=endpoint, capacity=config.node_capacity,
                                    # A real scheduler binds pods; on the emulator the kubelet does.
-                                   schedule=config.control_plane == "emulator")
+                                   schedule=config.control_plane == "emulator",
+                                   serve_api=config.control_plane == "real")
             if config.kubelet:
                 # The operator reaches pod addresses (rank 0's metrics) through the kubelet's pod network.
                 proxy = f"http://127.0.0.1:{await self.kubelet.open_pod_network()}"

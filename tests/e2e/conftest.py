@@ -1,6 +1,6 @@
-"""End-to-end fixtures: the embedded dev cluster (API emulator + local kubelet + real operator), kubectl
+"""End-to-end fixtures: the embedded dev cluster (a control plane + local kubelet + real operator), kubectl
 and a Kubernetes API watch recorder bound to it, and a tiny synthetic COCO-panoptic dataset on its
-`datasets` PVC."""
+`datasets` PVC. Every e2e test runs on both control planes (`backend`: the emulator and the real one)."""
 
 from __future__ import annotations
 
@@ -11,6 +11,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from control_planes import BACKENDS, require_real_control_plane
 from e2e_helpers import KUBECTL, NAMESPACE, OPERATOR_ENV, ClusterEnv, Kubectl, Recorder
 from m2f_devcluster import DevCluster
 
@@ -27,18 +28,25 @@ def synthetic_dataset_dir(tmp_path_factory) -> Path:
     return target
 
 
-def _start_cluster(data_dir: Path, dataset: Path) -> DevCluster:
+@pytest.fixture(scope="module", params=BACKENDS)
+def backend(request) -> str:
+    if request.param == "real":
+        require_real_control_plane()
+    return request.param
+
+
+def _start_cluster(data_dir: Path, dataset: Path, backend: str) -> DevCluster:
     if KUBECTL is None:
         pytest.skip("kubectl is not installed (make install puts it in .venv/bin)")
     shutil.copytree(dataset, data_dir / "pvc" / NAMESPACE / "datasets" / "synth")
-    return DevCluster(data_dir, operator_env=dict(OPERATOR_ENV)).start()
+    return DevCluster(data_dir, operator_env=dict(OPERATOR_ENV), control_plane=backend).start(timeout=180)
 
 
 @pytest.fixture(scope="module")
-def dev_cluster(tmp_path_factory, synthetic_dataset_dir) -> Iterator[DevCluster]:
-    """One dev cluster per test module: two local nodes, CRDs installed, the operator running, the
-    synthetic dataset on its `datasets` PVC."""
-    cluster = _start_cluster(tmp_path_factory.mktemp("devcluster"), synthetic_dataset_dir)
+def dev_cluster(tmp_path_factory, synthetic_dataset_dir, backend) -> Iterator[DevCluster]:
+    """One dev cluster per test module and control plane: two local nodes, CRDs installed, the operator
+    running, the synthetic dataset on its `datasets` PVC."""
+    cluster = _start_cluster(tmp_path_factory.mktemp(f"devcluster-{backend}"), synthetic_dataset_dir, backend)
     try:
         yield cluster
     finally:
@@ -66,10 +74,10 @@ def cluster_env(dev_cluster: DevCluster) -> Iterator[ClusterEnv]:
 
 
 @pytest.fixture(scope="module")
-def lost_node_env(tmp_path_factory, synthetic_dataset_dir) -> Iterator[ClusterEnv]:
+def lost_node_env(tmp_path_factory, synthetic_dataset_dir, backend) -> Iterator[ClusterEnv]:
     """A second dev cluster for the lost-node fault: a lost node stays lost and would freeze the pods of
     any other job bound to it."""
-    cluster = _start_cluster(tmp_path_factory.mktemp("devcluster-lost"), synthetic_dataset_dir)
+    cluster = _start_cluster(tmp_path_factory.mktemp(f"devcluster-lost-{backend}"), synthetic_dataset_dir, backend)
     recorder = Recorder(cluster.kubeconfig).start()
     try:
         yield ClusterEnv(cluster, Kubectl(cluster.kubeconfig), recorder, DATASET_IN_PODS)

@@ -37,8 +37,9 @@ LABEL_ATTEMPT = f"{GROUP}/attempt"
 # is force-deleted; time-driven states are re-reconciled every M2F_RESYNC_SECONDS.
 STUCK_TERMINATING_SECONDS = 5
 RESYNC_SECONDS = 2
+PROGRESS_SECONDS = 1  # rank 0's metrics read into status.progress this often
 OPERATOR_ENV = {"M2F_STUCK_TERMINATING_SECONDS": str(STUCK_TERMINATING_SECONDS),
-                "M2F_RESYNC_SECONDS": str(RESYNC_SECONDS)}
+                "M2F_RESYNC_SECONDS": str(RESYNC_SECONDS), "M2F_PROGRESS_SECONDS": str(PROGRESS_SECONDS)}
 # Grace period of every e2e pod: a worker blocked in a collective with a dead peer is SIGKILLed this soon.
 GRACE_SECONDS = 3
 BAD_PHASES = ("Failed", "InvalidSpec")

@@ -228,16 +228,17 @@ def test_two_node_train_rendezvous_progress_checkpoints_and_events(cluster_env: 
     assert sorted({r["epoch"] for r in records if r["event"] == "validation"}) == list(range(ALPHA_EPOCHS))
     assert status["artifacts"]["latestCheckpoint"] == f"/results/train/{name}/train/mask2former_model_latest.pth"
 
-    # status.progress moved while the job ran (seen by the watch before Succeeded), then reached the end.
+    # status.progress (read by the operator from rank 0's metrics every PROGRESS_SECONDS, no credentials in
+    # the pods) moved while the job ran, as seen by the watch before Succeeded; it is kept after.
     succeeded_at = env.recorder.first_time(TRAINS, name, lambda o: phase_of(o) == "Succeeded")
     assert succeeded_at is not None, env.report(name)
     final = status["progress"]
-    assert final["totalEpochs"] == ALPHA_EPOCHS and final["epoch"] == ALPHA_EPOCHS, final
+    assert final["totalEpochs"] == ALPHA_EPOCHS and 1 <= final["epoch"] <= ALPHA_EPOCHS, final
     live = [c.obj["status"]["progress"] for c in env.recorder.history(TRAINS, name)
             if c.at < succeeded_at and phase_of(c.obj) != "Succeeded" and (c.obj.get("status") or {}).get("progress")]
-    assert any(p["step"] < final["step"] for p in live), (
-        f"no status.progress update was observed mid-run (before Succeeded, before the last step): {live}")
+    assert len({p["step"] for p in live}) >= 2, f"status.progress did not move mid-run: {live}"
     assert all(1 <= p["epoch"] <= ALPHA_EPOCHS and p["totalEpochs"] == ALPHA_EPOCHS for p in live), live
+    assert live[-1] == final and all(p["loss"] > 0 and p["updateTime"].endswith("Z") for p in live), live
 
     # Events were recorded for each transition.
     _events(env, name, "GangCreated", "AllPodsRunning", "GangRestart", "Succeeded")

@@ -22,6 +22,7 @@ from pathlib import Path
 import kubernetes
 import pytest
 import yaml
+from control_planes import BACKENDS, require_real_control_plane  # noqa: F401  (BACKENDS re-exported)
 from kopf.testing import KopfRunner
 from kubernetes.client.rest import ApiException
 from m2f_devcluster.emulator import run_emulator
@@ -194,31 +195,13 @@ def emulated_cluster() -> Iterator[tuple[Cluster, object]]:
             yield cluster, emulator
 
 
-BACKENDS = ("emulator", "real")
-
-
-def real_control_plane_missing() -> str | None:
-    """Why the real control plane cannot run here (None: it can); tests skip with this reason."""
-    from m2f_devcluster.controlplane.binaries import BinariesError, find_binaries
-
-    try:
-        find_binaries(build=False)
-    except BinariesError as exc:
-        return f"real control plane unavailable: {exc}"
-    if shutil.which("openssl") is None:
-        return "real control plane unavailable: the openssl command is missing"
-    return None
-
-
 @contextlib.contextmanager
 def real_cluster(data_dir: Path) -> Iterator[tuple[Cluster, object]]:
     """The real control plane set up as an admin would (CRDs, the chart's RBAC), a Node for the scheduler to
     bind to (so deletions are graceful, as with a kubelet), and the operator's environment with its own token."""
     from m2f_devcluster import DevCluster
 
-    missing = real_control_plane_missing()
-    if missing:
-        pytest.skip(missing)
+    require_real_control_plane()
     dev = DevCluster(data_dir, control_plane="real", operator=False, kubelet=False).start(timeout=180)
     try:
         cluster = Cluster(dev.kubeconfig)

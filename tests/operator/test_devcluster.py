@@ -12,9 +12,12 @@ from pathlib import Path
 
 import pytest
 import yaml
+from control_planes import BACKENDS, require_real_control_plane
 from m2f_devcluster import DevCluster
 from m2f_devcluster.cli import PID_FILE
 from m2f_trainer.cli import main as m2f
+
+REPO = Path(__file__).resolve().parents[2]
 
 KUBECTL = shutil.which("kubectl", path=str(Path(sys.executable).parent)) or "kubectl"
 CRDS = {"mask2formertrains.mask2former.io", "mask2formerevaluates.mask2former.io",
@@ -49,11 +52,15 @@ def _wait_phase(kubeconfig, name: str, phase: str, timeout: float = 60) -> dict:
 
 
 @pytest.mark.e2e
-def test_dev_up_status_down_round_trip(tmp_path, capsys):
+@pytest.mark.parametrize("control_plane", BACKENDS)
+def test_dev_up_status_down_round_trip(tmp_path, capsys, control_plane):
+    if control_plane == "real":
+        require_real_control_plane()
     data_dir = tmp_path / "dev"
-    assert m2f(["dev", "up", "--data-dir", str(data_dir)]) == 0
+    assert m2f(["dev", "up", "--data-dir", str(data_dir), "--control-plane", control_plane, "--timeout", "180"]) == 0
     try:
         out = capsys.readouterr().out.strip().splitlines()
+        assert f"({control_plane} control plane)" in out[0]
         assert out[-1] == f"export KUBECONFIG={data_dir / 'kubeconfig'}"
         kubeconfig = data_dir / "kubeconfig"
         daemon_pid = int((data_dir / PID_FILE).read_text())
@@ -73,7 +80,10 @@ def test_dev_up_status_down_round_trip(tmp_path, capsys):
         (tmp_path / "pod.yaml").write_text(yaml.safe_dump(pod))
         _kubectl(kubeconfig, "apply", "-f", str(tmp_path / "pod.yaml"))
         _wait_phase(kubeconfig, "hello", "Succeeded")
+        # On `real` the API server proxies this to the local kubelet's /containerLogs.
         assert _kubectl(kubeconfig, "logs", "hello").stdout == "hello from the dev cluster\n"
+        if control_plane == "real":
+            _gpu_hungry_train_stays_pending_with_the_schedulers_message(kubeconfig, tmp_path)
 
         assert m2f(["dev", "status", "--data-dir", str(data_dir)]) == 0
         status = capsys.readouterr().out
@@ -107,6 +117,28 @@ def test_dev_up_status_down_round_trip(tmp_path, capsys):
         assert not _alive(pid), f"process {pid} outlived `m2f dev down`"
     assert m2f(["dev", "status", "--data-dir", str(data_dir)]) == 3
     assert m2f(["dev", "down", "--data-dir", str(data_dir)]) == 0  # stopping twice is fine
+
+
+def _gpu_hungry_train_stays_pending_with_the_schedulers_message(kubeconfig: Path, tmp_path: Path) -> None:
+    train = yaml.safe_load((REPO / "examples" / "demo" / "train.yaml").read_text())
+    train["metadata"]["name"] = "too-big"
+    train["spec"]["gpusPerNode"] = 16  # every dev node has nvidia.com/gpu: 8
+    train["spec"]["experiment"].setdefault("train", {}).pop("num_gpus", None)
+    (tmp_path / "too-big.yaml").write_text(yaml.safe_dump(train))
+    _kubectl(kubeconfig, "apply", "-f", str(tmp_path / "too-big.yaml"))
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        status = json.loads(_kubectl(kubeconfig, "get", "m2ftrain", "too-big", "-o", "json").stdout).get("status", {})
+        scheduled = next((c for c in status.get("conditions", []) if c["type"] == "Scheduled"), None)
+        if scheduled:
+            break
+        time.sleep(0.5)
+    else:
+        raise AssertionError(f"no Scheduled condition: {status}")
+    assert scheduled["status"] == "False" and scheduled["reason"] == "Unschedulable", scheduled
+    assert "Insufficient nvidia.com/gpu" in scheduled["message"], scheduled
+    assert status["phase"] in ("Created", "Pending"), status
+    _kubectl(kubeconfig, "delete", "m2ftrain", "too-big", "--wait=false")
 
 
 def test_dev_cli_rejects_bad_arguments(tmp_path, capsys):

@@ -47,7 +47,7 @@ def cache_dir() -> Path:
 
 def find_binaries(env: dict[str, str] | None = None, build: bool = True) -> Binaries:
     env = dict(os.environ if env is None else env)
-    etcd = env.get("M2F_ETCD") or shutil.which("etcd")
+    etcd = env.get("M2F_ETCD") or shutil.which("etcd", path=env.get("PATH"))
     if not etcd:
         raise BinariesError("etcd is not installed: apt-get install etcd-server (or set M2F_ETCD)")
     kube_dir, source = _kube_dir(env, build)

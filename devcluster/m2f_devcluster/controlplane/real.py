@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import ctypes
 import logging
 import os
 import shutil
@@ -125,6 +126,9 @@ class RealControlPlane:
             f"--service-account-signing-key-file={pki.service_account_key}",
             "--service-account-issuer=https://kubernetes.default.svc", f"--service-cluster-ip-range={SERVICE_CIDR}",
             "--authorization-mode=RBAC", f"--enable-admission-plugins={ADMISSION_PLUGINS}",
+            # `kubectl logs` goes to the node's kubelet: the local kubelet listens on 127.0.0.1 (the Nodes'
+            # InternalIP); their Hostname addresses do not resolve.
+            "--kubelet-preferred-address-types=InternalIP",
             "--allow-privileged=false", "--profiling=false", "--v=1"])
 
     async def _start(self, name: str, argv: list) -> None:
@@ -132,7 +136,7 @@ class RealControlPlane:
         with open(log, "ab") as stream:
             process = await asyncio.create_subprocess_exec(
                 *map(str, argv), stdin=asyncio.subprocess.DEVNULL, stdout=stream, stderr=asyncio.subprocess.STDOUT,
-                start_new_session=True)
+                start_new_session=True, preexec_fn=_die_with_parent)
         self._processes.append(_Process(name, process, log))
         logger.info("%s started as pid %d (log: %s)", name, process.pid, log)
 
@@ -179,3 +183,10 @@ async def _terminate(process: asyncio.subprocess.Process, grace: float = 10.0) -
         with contextlib.suppress(ProcessLookupError):
             os.killpg(process.pid, signal.SIGKILL)
         await process.wait()
+
+
+def _die_with_parent() -> None:
+    """In the child before exec: SIGTERM when the process (thread) that started it dies, so a killed test run or
+    daemon leaves no API server, etcd or controller behind (Linux prctl PR_SET_PDEATHSIG)."""
+    with contextlib.suppress(OSError, AttributeError):
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # 1 = PR_SET_PDEATHSIG

@@ -29,6 +29,7 @@ from m2f_devcluster.emulator.defaults import DEFAULT_CAPACITY, now_rfc3339
 from m2f_devcluster.kubeconfig import ApiEndpoint
 from m2f_devcluster.kubelet import podspec, status, volumes
 from m2f_devcluster.kubelet.addresses import POD_NETWORK, PodAddresses
+from m2f_devcluster.kubelet.api import KubeletApi
 from m2f_devcluster.kubelet.podnet import PodNetworkProxy
 from m2f_devcluster.kubelet.podspec import PodConfigError
 
@@ -96,7 +97,7 @@ class Kubelet:
                  bin_dir: Path = Path(sys.executable).parent, schedule: bool = True,
                  extra_env: dict[str, str] | None = None, watch_timeout: int = 60,
                  endpoint: ApiEndpoint | None = None, capacity: dict[str, str] | None = None,
-                 pod_network: str = POD_NETWORK):
+                 pod_network: str = POD_NETWORK, serve_api: bool = False):
         # `endpoint` (TLS, token) authenticates like any client of a real API server; without it, plain HTTP.
         self.endpoint = endpoint or ApiEndpoint(api_url.rstrip("/"), {}, None)
         self.api_url = self.endpoint.url
@@ -107,6 +108,8 @@ class Kubelet:
         self.nodes = tuple(nodes)
         self.kubeconfig = kubeconfig
         self.log_dir = Path(log_dir) if log_dir else self.data_dir / "logs"
+        # A real API server reaches the kubelet for `kubectl logs`; the emulator reads the log files itself.
+        self.api = KubeletApi(self.log_dir, self._is_running, self.data_dir / "kubelet-tls") if serve_api else None
         self.bin_dir = bin_dir
         self.schedule = schedule
         self.extra_env = dict(extra_env or {})
@@ -161,6 +164,8 @@ class Kubelet:
         connector = aiohttp.TCPConnector(ssl=self.endpoint.ssl) if self.endpoint.ssl is not None else None
         async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=None, sock_connect=10),
                                          headers=self.endpoint.headers, connector=connector) as self._http:
+            if self.api is not None:
+                await self.api.start()
             await self._register_nodes()
             await self.open_pod_network()
             watches = [asyncio.create_task(self._watch("/api/v1/nodes", self._on_node)),
@@ -171,6 +176,8 @@ class Kubelet:
                 for task in watches:
                     task.cancel()
                 await self.pod_network.close()
+                if self.api is not None:
+                    await self.api.close()
                 await self._shutdown_pods()
 
     def stop(self) -> None:
@@ -183,8 +190,10 @@ class Kubelet:
             while True:
                 try:
                     if await self._request("GET", f"/api/v1/nodes/{name}", ok_missing=True) is None:
-                        await self._request("POST", "/api/v1/nodes", dict(
-                            node_manifest(name, self.capacity), apiVersion="v1", kind="Node"))
+                        manifest = node_manifest(name, self.capacity)
+                        if self.api is not None:
+                            manifest["status"]["daemonEndpoints"] = {"kubeletEndpoint": {"Port": self.api.port}}
+                        await self._request("POST", "/api/v1/nodes", dict(manifest, apiVersion="v1", kind="Node"))
                     # A real API server taints a new Node not-ready until its node lifecycle controller sees
                     # it Ready; the dev cluster runs without that controller, so the kubelet lifts the taint.
                     await self._request("PATCH", f"/api/v1/nodes/{name}", {"spec": {"taints": None}}, MERGE_PATCH)
@@ -245,6 +254,12 @@ class Kubelet:
         with contextlib.suppress(RuntimeError, aiohttp.ClientError):
             await self._request("PATCH", f"/api/v1/nodes/{name}/status", {"status": {"conditions": [ready]}},
                                 MERGE_PATCH)
+        # What a node lifecycle controller adds to an unreachable node (the dev cluster runs none): a real
+        # scheduler filters nodes by taints, not by their Ready condition.
+        taints = [{"key": "node.kubernetes.io/unreachable", "effect": effect, "timeAdded": now_rfc3339()}
+                  for effect in ("NoSchedule", "NoExecute")]
+        with contextlib.suppress(RuntimeError, aiohttp.ClientError):
+            await self._request("PATCH", f"/api/v1/nodes/{name}", {"spec": {"taints": taints}}, MERGE_PATCH)
         logger.info("node %s is lost: its pods will never acknowledge termination", name)
 
     async def _on_pod(self, event_type: str, pod: dict) -> None:
@@ -381,6 +396,10 @@ class Kubelet:
                 log_path=log_dir / f"{container['name']}.log",
                 termination_path=volumes.termination_file(run.pod_dir, container)))
         return runs
+
+    def _is_running(self, namespace: str, name: str) -> bool:
+        return any(r.pod["metadata"].get("namespace") == namespace and r.pod["metadata"]["name"] == name
+                   for r in self._pods.values())
 
     def _local_port(self, pod_ip: str, port: int) -> int | None:
         """The pod network's lookup: a running pod by its address, then its declared port's local one."""
