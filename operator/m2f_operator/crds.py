@@ -228,21 +228,32 @@ def build_crd(info: KindInfo) -> dict:
     }
 
 
-def build_crds() -> list[dict]:
-    return [build_crd(info) for info in KINDS.values()]
+def build_crds(cel: bool = True) -> list[dict]:
+    """`cel=False`: for servers before 1.25, whose CRD schema has no x-kubernetes-validations (kubectl's
+    client-side validation refuses the unknown field there; the operator enforces those rules itself)."""
+    crds = [build_crd(info) for info in KINDS.values()]
+    return crds if cel else [_without_cel(crd) for crd in crds]
 
 
-def rendered_files() -> dict[str, str]:
+def _without_cel(node):
+    if isinstance(node, list):
+        return [_without_cel(item) for item in node]
+    if not isinstance(node, dict):
+        return node
+    return {key: _without_cel(value) for key, value in node.items() if key != "x-kubernetes-validations"}
+
+
+def rendered_files(cel: bool = True) -> dict[str, str]:
     """file name -> YAML text, one CRD per file (controller-gen's naming)."""
     files = {}
-    for crd in build_crds():
+    for crd in build_crds(cel):
         text = yaml.safe_dump(copy.deepcopy(crd), sort_keys=False, width=120)
         files[f"{crd['metadata']['name'].split('.', 1)[1]}_{crd['spec']['names']['plural']}.yaml"] = HEADER + text
     return files
 
 
-def stale_files(directory: Path) -> list[str]:
-    expected = rendered_files()
+def stale_files(directory: Path, cel: bool = True) -> list[str]:
+    expected = rendered_files(cel)
     problems = [name for name, text in expected.items()
                 if not (directory / name).is_file() or (directory / name).read_text() != text]
     problems += [p.name for p in directory.glob(f"{GROUP}_*.yaml") if p.name not in expected]
@@ -251,8 +262,10 @@ def stale_files(directory: Path) -> list[str]:
 
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
+    cel = "--no-cel" not in argv
+    argv = [arg for arg in argv if arg != "--no-cel"]
     if len(argv) < 2 or argv[0] not in ("write", "check"):
-        print("usage: python -m m2f_operator.crds write|check DIR [DIR...]", file=sys.stderr)
+        print("usage: python -m m2f_operator.crds write|check [--no-cel] DIR [DIR...]", file=sys.stderr)
         return 2
     action, directories = argv[0], [Path(d) for d in argv[1:]]
     if action == "write":
@@ -260,12 +273,12 @@ def main(argv: list[str] | None = None) -> int:
             directory.mkdir(parents=True, exist_ok=True)
             for stale in directory.glob(f"{GROUP}_*.yaml"):
                 stale.unlink()
-            for name, text in rendered_files().items():
+            for name, text in rendered_files(cel).items():
                 (directory / name).write_text(text)
         return 0
     failed = False
     for directory in directories:
-        stale = stale_files(directory)
+        stale = stale_files(directory, cel)
         if stale:
             failed = True
             print(f"error: {directory}: stale or missing CRDs {', '.join(stale)}; run `make crds`", file=sys.stderr)

@@ -21,6 +21,20 @@ def test_committed_crds_are_not_stale(repo_root, folder):
     assert crds.main(["check", str(repo_root / folder)]) == 0
 
 
+def test_pre_1_25_crds_are_the_same_without_cel_and_no_crd_has_a_null_enum(repo_root):
+    """Servers before 1.25 have no CEL (kubectl refuses the unknown field), and before 1.21 a JSON null in an
+    enum breaks the CRD's conversion: crds/pre-1.25 are the CRDs without the rules, and no enum holds null."""
+    assert crds.main(["check", "--no-cel", str(repo_root / "crds" / "pre-1.25")]) == 0
+    for with_cel, without in zip(crds.build_crds(), crds.build_crds(cel=False), strict=True):
+        cel_paths = [path for path, node in _walk(with_cel) if "x-kubernetes-validations" in node]
+        assert cel_paths and not [path for path, node in _walk(without) if "x-kubernetes-validations" in node]
+        stripped = copy.deepcopy(with_cel)
+        for _, node in list(_walk(stripped)):
+            node.pop("x-kubernetes-validations", None)
+        assert stripped == without
+        assert not [path for path, node in _walk(with_cel) if None in (node.get("enum") or [])]
+
+
 def test_check_fails_on_a_stale_or_missing_crd(tmp_path, capsys):
     assert crds.main(["write", str(tmp_path)]) == 0
     assert crds.main(["check", str(tmp_path)]) == 0

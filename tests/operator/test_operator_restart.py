@@ -4,17 +4,18 @@ from __future__ import annotations
 
 import pytest
 from m2f_operator import metrics
-from operator_harness import emulated_cluster, running_operator
+from operator_harness import BACKENDS, cluster_on, running_operator
 from reconcile_factories import TINY_EXPERIMENT
 
 TRAIN = "Mask2FormerTrain"
 # Same xdist worker as test_operator.py: one in-process kopf operator at a time, less CPU contention.
-pytestmark = pytest.mark.xdist_group("m2f-operator-emulator")
+pytestmark = pytest.mark.xdist_group("m2f-operator-cluster")
 
 
-def test_operator_restart_creates_no_duplicate_pods():
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_operator_restart_creates_no_duplicate_pods(backend, tmp_path):
     names = ["run-worker-0", "run-worker-1", "run-worker-2"]
-    with emulated_cluster() as (cluster, _):
+    with cluster_on(backend, tmp_path / "cluster") as (cluster, _):
         ns = cluster.namespace()
         with running_operator() as first:
             cluster.create(ns, TRAIN, "run", {"experiment": TINY_EXPERIMENT, "nodes": 3, "gpusPerNode": 0})
@@ -38,8 +39,10 @@ def test_operator_restart_creates_no_duplicate_pods():
         assert cluster.status(ns, TRAIN, "run")["restarts"] == 0
 
 
-def test_entry_point_serves_liveness_and_metrics_and_reconciles(tmp_path):
-    """`python -m m2f_operator` as the chart runs it: /healthz for the kubelet, /metrics for Prometheus."""
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_entry_point_serves_liveness_and_metrics_and_reconciles(tmp_path, backend):
+    """`python -m m2f_operator` as the chart runs it (on `real`: with its own ServiceAccount token, the
+    KUBECONFIG the harness sets): /healthz for the kubelet, /metrics for Prometheus."""
     import os
     import socket
     import subprocess
@@ -61,8 +64,8 @@ def test_entry_point_serves_liveness_and_metrics_and_reconciles(tmp_path):
         except OSError:
             return None
 
-    with emulated_cluster() as (cluster, emulator):
-        env = {**os.environ, **OPERATOR_ENV, "KUBECONFIG": str(emulator.kubeconfig), "M2F_WATCH_NAMESPACE": "",
+    with cluster_on(backend, tmp_path / "cluster") as (cluster, _):
+        env = {**os.environ, **OPERATOR_ENV, "KUBECONFIG": os.environ["KUBECONFIG"], "M2F_WATCH_NAMESPACE": "",
                "M2F_LIVENESS_PORT": str(liveness), "M2F_OPERATOR_METRICS_PORT": str(metrics_port),
                "PYTHONPATH": os.pathsep.join([str(REPO_ROOT / "operator"), str(REPO_ROOT / "trainer")])}
         log = tmp_path / "operator.log"
