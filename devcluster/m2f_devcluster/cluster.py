@@ -279,7 +279,9 @@ class DevCluster:
     def start(self, timeout: float = 60.0) -> DevCluster:
         self._thread.start()
         if not self._ready.wait(timeout) or self._error is not None:
-            raise RuntimeError(f"the dev cluster did not start: {self._error}") from self._error
+            self.stop()  # what did start (etcd, an API server) must not outlive the failed start
+            raise RuntimeError(f"the dev cluster did not start: {self._error or f'not ready in {timeout:.0f} s'}") \
+                from self._error
         return self
 
     def stop(self, timeout: float = 60.0) -> None:

@@ -126,10 +126,13 @@ def _reconcile_sync(plural: str, namespace: str, name: str, pods: list[dict], tr
         if kind == "Mask2FormerExport" and train_ref and not (body.get("spec") or {}).get("checkpoint"):
             train = cluster.get_resource(meta.KINDS["Mask2FormerTrain"].plural, namespace, train_ref)
         now = datetime.now(timezone.utc)
-        rank_zero = None
-        if kind == "Mask2FormerTrain" and (body.get("status") or {}).get("phase") == st.RUNNING:
+        rank_zero, key = None, (plural, namespace, name)
+        # Progress is read once per progress interval, whatever triggered this reconcile: an unreachable rank 0
+        # (a NetworkPolicy, a lost node) costs one bounded read per interval, not one per pod event.
+        due = time.monotonic() - STATE.progress_read.get(key, 0.0) >= config.progress_seconds
+        if kind == "Mask2FormerTrain" and (body.get("status") or {}).get("phase") == st.RUNNING and due:
             rank_zero = progress.rank_zero_endpoint(pods)
-            STATE.progress_read[(plural, namespace, name)] = time.monotonic()
+            STATE.progress_read[key] = time.monotonic()
         observed = Observed(body, pods, now, train, config.pod_defaults,
                             timedelta(seconds=config.stuck_terminating_seconds),
                             progress=progress.scrape(rank_zero, now) if rank_zero else None)

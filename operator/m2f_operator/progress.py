@@ -7,9 +7,11 @@ dev cluster reaches its pods' addresses through one.
 
 from __future__ import annotations
 
+import http.client
 import logging
 import math
-import urllib.error
+import time
+import urllib.parse
 import urllib.request
 from datetime import datetime
 
@@ -20,7 +22,8 @@ from m2f_operator.policies.observe import format_time
 
 log = logging.getLogger(__name__)
 
-SCRAPE_TIMEOUT_S = 2.0
+SCRAPE_TIMEOUT_S = 2.0  # the whole read, not per socket operation
+MAX_BODY_BYTES = 1 << 20  # the trainer's exposition is a few KiB
 # Trainer gauge -> status.progress field (the trainer's engine/prometheus.py names them).
 _GAUGES = {
     "m2f_train_epoch": "epoch",
@@ -67,10 +70,38 @@ def rank_zero_endpoint(pods: list[dict]) -> str | None:
 
 
 def scrape(endpoint: str, now: datetime, timeout: float = SCRAPE_TIMEOUT_S) -> dict | None:
-    """One GET of rank 0's /metrics; None (logged at debug) while it is not serving yet or is gone."""
+    """One GET of rank 0's /metrics, within `timeout` overall and MAX_BODY_BYTES, no redirects followed; None
+    when it is not serving (yet), is gone or answers anything but a 200 exposition. Whatever the pod (user code)
+    answers, nothing here raises: a reconcile must never fail on it."""
     try:
-        with urllib.request.urlopen(f"http://{endpoint}/metrics", timeout=timeout) as response:
-            return progress_from_metrics(response.read().decode("utf-8", "replace"), now)
-    except (OSError, urllib.error.URLError, ValueError) as exc:
+        return progress_from_metrics(_get(f"http://{endpoint}/metrics", timeout), now)
+    except Exception as exc:  # noqa: BLE001 (the pod's answer is untrusted input)
         log.debug("no progress from %s: %s", endpoint, exc)
         return None
+
+
+def _get(url: str, timeout: float) -> str:
+    """A plain GET honouring HTTP_PROXY/NO_PROXY, bounded in time and size (http.client: no redirects)."""
+    deadline = time.monotonic() + timeout
+    target = urllib.parse.urlsplit(url)
+    proxy = urllib.request.getproxies().get("http")
+    if proxy and not urllib.request.proxy_bypass(target.hostname or ""):
+        via = urllib.parse.urlsplit(proxy)
+        connection = http.client.HTTPConnection(via.hostname, via.port or 80, timeout=timeout)
+        path = url  # absolute-form through a proxy
+    else:
+        connection = http.client.HTTPConnection(target.hostname, target.port or 80, timeout=timeout)
+        path = target.path or "/"
+    try:
+        connection.request("GET", path, headers={"Accept": "text/plain"})
+        response = connection.getresponse()
+        if response.status != 200:
+            raise ValueError(f"HTTP {response.status}")
+        body = b""
+        while chunk := response.read1(65536):
+            body += chunk
+            if len(body) > MAX_BODY_BYTES or time.monotonic() > deadline:
+                raise ValueError("metrics answer too large or too slow")
+        return body.decode("utf-8", "replace")
+    finally:
+        connection.close()

@@ -69,6 +69,8 @@ def blocked_creation(observed: Observed, blocked: CreateBlocked) -> Plan:
     Nothing else changes; the Warning Event is emitted once per distinct cause, not on every retry."""
     status = observed.body.get("status") or {}
     draft = st.StatusDraft.start(status, observed.body["metadata"].get("generation"), observed.now)
+    # The experiment this resource started with is recorded even when its first creates are refused.
+    draft.fields.setdefault("experimentDigest", experiment_digest((observed.body.get("spec") or {}).get("experiment")))
     previous = draft.condition(st.CREATED)
     repeated = bool(previous and previous["status"] == "False" and previous.get("message") == blocked.message)
     draft.set_condition(st.CREATED, False, blocked.reason, blocked.message)
@@ -76,6 +78,7 @@ def blocked_creation(observed: Observed, blocked: CreateBlocked) -> Plan:
         draft.transition(st.FAILED_CREATE, FAILED_CREATE, blocked.message, warning=True)
     elif draft.phase not in (st.PENDING, st.RESTARTING):
         draft.fields["phase"] = st.PENDING
+        draft.clear_exclusive(blocked.reason, blocked.message)
     draft.fields["message"] = blocked.message
     draft.events = [] if repeated else [st.Event("Warning", blocked.reason, blocked.message)]
     return Plan(status_patch=draft.patch_against(status), events=draft.events, phase=draft.phase)
@@ -108,7 +111,9 @@ class _Reconciler:
 
     def run(self) -> None:
         # 1. A spec that cannot run: say which field, run nothing, never retry.
-        error = spec_error(self.observed.body)
+        recorded = self.status.get("experimentDigest")
+        changed = recorded is not None and recorded != experiment_digest(self.spec.get("experiment"))
+        error = spec_error(self.observed.body, experiment_changed=changed)
         if error:
             if self.draft.phase not in st.TERMINAL_PHASES:
                 self.draft.transition(st.INVALID_SPEC, "InvalidSpec", error, warning=True)

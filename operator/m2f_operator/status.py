@@ -94,6 +94,12 @@ class StatusDraft:
         if phase in TERMINAL_PHASES and not self.fields.get("completionTime"):
             self.fields["completionTime"] = format_time(self.now)
 
+    def clear_exclusive(self, reason: str, message: str) -> None:
+        """Every 'what is happening now' condition False (the phase went back to Pending)."""
+        for other in _EXCLUSIVE:
+            if self.is_true(other):
+                self.set_condition(other, False, reason, message)
+
     def emit(self, reason: str, message: str, warning: bool = False) -> None:
         self.events.append(Event("Warning" if warning else "Normal", reason, message))
 

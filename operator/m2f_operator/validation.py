@@ -67,8 +67,10 @@ def _export_error(spec: dict) -> str | None:
     return None
 
 
-def spec_error(body: dict) -> str | None:
-    """The first problem with the resource, naming the field; None when it can run."""
+def spec_error(body: dict, experiment_changed: bool = False) -> str | None:
+    """The first problem with the resource, naming the field; None when it can run. `experiment_changed`: the
+    stored experiment is an edit a server without CEL let through; the job keeps its original experiment, so
+    the edit is not judged (it must never turn a running job invalid)."""
     name = body["metadata"]["name"]
     if len(name) > meta.MAX_NAME_LENGTH or not meta.NAME_PATTERN.match(name):
         return (
@@ -102,6 +104,8 @@ def spec_error(body: dict) -> str | None:
         error = _export_error(spec)
         if error:
             return error
+    if experiment_changed:
+        return None
     if info.task == "train":
         error = _gang_shape_error(spec, experiment)
         if error:
@@ -127,9 +131,8 @@ def _reserved_error(spec: dict) -> str | None:
             return (f"spec.volumeMounts[{index}].mountPath: {path!r} is reserved (the operator mounts "
                     f"{', '.join(meta.RESERVED_MOUNT_PATHS)})")
     for key in spec.get("podLabels") or {}:
-        if key.startswith(meta.RESERVED_LABEL_PREFIX) or key == meta.LABEL_MANAGED_BY:
-            return (f"spec.podLabels: {key!r} is reserved (the operator finds its pods by the "
-                    f"{meta.RESERVED_LABEL_PREFIX}* and {meta.LABEL_MANAGED_BY} labels)")
+        if key in meta.OWNED_LABELS:
+            return f"spec.podLabels: {key!r} is reserved (the operator finds its pods by {', '.join(meta.OWNED_LABELS)})"
     return None
 
 

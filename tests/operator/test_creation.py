@@ -25,6 +25,7 @@ DATASETS = {"name": "datasets", "persistentVolumeClaim": {"claimName": "datasets
          "spec.volumeMounts[0].mountPath: '/dev/shm' is reserved"),
         ({"volumeMounts": [{"name": "x", "mountPath": "/etc/m2f"}]}, "spec.volumeMounts[0].mountPath: '/etc/m2f'"),
         ({"podLabels": {"mask2former.io/job-name": "other"}}, "spec.podLabels: 'mask2former.io/job-name' is reserved"),
+        ({"podLabels": {"mask2former.io/attempt": "9"}}, "spec.podLabels: 'mask2former.io/attempt' is reserved"),
         ({"podLabels": {"app.kubernetes.io/managed-by": "me"}}, "spec.podLabels: 'app.kubernetes.io/managed-by'"),
     ],
 )
@@ -34,7 +35,7 @@ def test_names_the_operator_owns_are_an_invalid_spec(spec, error):
 
 def test_user_volumes_mounts_and_labels_that_do_not_collide_are_valid():
     body = resource(volumes=[DATASETS], volumeMounts=[{"name": "datasets", "mountPath": "/datasets"}],
-                    podLabels={"team": "vision"})
+                    podLabels={"team": "vision", "mask2former.io/team": "vision"})  # only the owned keys are refused
     assert spec_error(body) is None
     (stage,) = build_stages(body)
     labels = build_gang(body, stage, 0)[0]["metadata"]["labels"]

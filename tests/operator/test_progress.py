@@ -3,8 +3,13 @@ reconcile writes it only while the Train runs."""
 
 from __future__ import annotations
 
+import contextlib
+import socket
+import threading
+import time
+
 import pytest
-from m2f_operator.progress import progress_from_metrics, rank_zero_endpoint
+from m2f_operator.progress import progress_from_metrics, rank_zero_endpoint, scrape
 from m2f_operator.reconcile import Observed, reconcile
 from reconcile_factories import NOW, gang, pod, resource
 
@@ -64,3 +69,49 @@ def test_reconcile_writes_progress_only_while_running(phase, written):
     progress = progress_from_metrics(EXPOSITION, NOW)
     plan = reconcile(Observed(body, pods, NOW, progress=progress))
     assert (plan.status_patch.get("progress") == progress) is written, plan.status_patch
+
+
+def _one_answer(payload: bytes, trickle: bool = False) -> str:
+    """A socket that answers one request with `payload` (or a 200 trickling a byte every 0.1 s): rank 0 is user
+    code, so its answer is untrusted input."""
+    server = socket.socket()
+    server.bind(("127.0.0.1", 0))
+    server.listen(1)
+
+    def answer():
+        connection, _ = server.accept()
+        with connection, server:
+            connection.recv(4096)
+            if not trickle:
+                connection.sendall(payload)
+                return
+            connection.sendall(b"HTTP/1.1 200 OK\r\n\r\n")
+            with contextlib.suppress(OSError):
+                for _ in range(100):
+                    connection.sendall(b"x")
+                    time.sleep(0.1)
+
+    threading.Thread(target=answer, daemon=True).start()
+    return f"127.0.0.1:{server.getsockname()[1]}"
+
+
+GOOD = b"m2f_train_epoch 1.0\nm2f_train_step 3.0\n"
+
+
+@pytest.mark.parametrize(
+    ("answer", "expected"),
+    [
+        (b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n%s" % (len(GOOD), GOOD), {"epoch": 1, "step": 3}),
+        (b"NOT HTTP AT ALL\r\n\r\n", None),
+        (b"HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\nabc", None),  # cut short
+        (b"HTTP/1.1 302 Found\r\nLocation: http://10.0.0.1/\r\nContent-Length: 0\r\n\r\n", None),  # not followed
+        (b"HTTP/1.1 500 Oops\r\nContent-Length: 0\r\n\r\n", None),
+        ("trickle", None),  # a byte at a time: the read ends at the overall timeout
+    ],
+)
+def test_a_scrape_never_raises_and_is_bounded_in_time(answer, expected):
+    endpoint = _one_answer(b"", trickle=True) if answer == "trickle" else _one_answer(answer)
+    began = time.monotonic()
+    progress = scrape(endpoint, NOW, timeout=1.0)
+    assert time.monotonic() - began < 5
+    assert (progress and {k: progress[k] for k in ("epoch", "step")}) == expected

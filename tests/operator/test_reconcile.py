@@ -294,3 +294,18 @@ def test_the_schedulers_message_is_a_condition_while_a_pod_cannot_be_placed():
     placed = run(waiting, gang(phase="Running"))
     assert condition(applied(waiting, placed), "Scheduled")["status"] == "True"
     assert placed.phase == "Running"
+
+
+def test_an_experiment_edit_that_a_server_without_cel_stored_never_stops_the_job():
+    """1.20 stores an edit of the immutable experiment; even an invalid one must not turn a running job
+    InvalidSpec (its pods run the original experiment from the ConfigMap): ExperimentChanged, nothing else."""
+    created = run(resource(nodes=2))
+    running = applied(resource(nodes=2), created)
+    running = applied(running, run(running, gang(phase="Running")))
+    assert running["status"]["phase"] == "Running" and running["status"]["experimentDigest"]
+    edited = copy.deepcopy(running)
+    edited["spec"]["experiment"]["model"]["mode"] = "bogus"  # the trainer would reject it
+    plan = run(edited, gang(phase="Running"))
+    assert plan.phase == "Running" and plan.deletes == [] and plan.invalid_spec is None
+    changed = condition(applied(edited, plan), "ExperimentChanged")
+    assert changed["status"] == "True" and [e.reason for e in plan.events] == ["ExperimentImmutable"]

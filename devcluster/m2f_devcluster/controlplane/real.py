@@ -185,8 +185,14 @@ async def _terminate(process: asyncio.subprocess.Process, grace: float = 10.0) -
         await process.wait()
 
 
+try:  # looked up now: the child between fork and exec only calls it (no library loading there)
+    _PRCTL = ctypes.CDLL(None, use_errno=True).prctl
+except (OSError, AttributeError):
+    _PRCTL = None
+
+
 def _die_with_parent() -> None:
     """In the child before exec: SIGTERM when the process (thread) that started it dies, so a killed test run or
-    daemon leaves no API server, etcd or controller behind (Linux prctl PR_SET_PDEATHSIG)."""
-    with contextlib.suppress(OSError, AttributeError):
-        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # 1 = PR_SET_PDEATHSIG
+    daemon leaves no API server, etcd or controller behind (Linux prctl PR_SET_PDEATHSIG = 1)."""
+    if _PRCTL is not None:
+        _PRCTL(1, signal.SIGTERM)

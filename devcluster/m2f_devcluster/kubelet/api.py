@@ -63,7 +63,7 @@ class KubeletApi:
         tail = request.query.get("tailLines")
         if tail and tail.isdigit():
             lines = text.splitlines(keepends=True)
-            text = b"".join(lines[len(lines) - int(tail):]) if int(tail) else b""
+            text = b"".join(lines[-int(tail):]) if int(tail) else b""
         if request.query.get("follow") not in ("true", "1"):
             return web.Response(body=text, content_type="text/plain")
         response = web.StreamResponse(headers={"Content-Type": "text/plain"})

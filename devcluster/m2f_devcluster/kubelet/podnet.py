@@ -63,7 +63,10 @@ class PodNetworkProxy:
         upstream_writer.write(f"{method} {path} {version}\r\n".encode("latin-1") + b"".join(headers)
                               + b"Connection: close\r\n\r\n")
         await upstream_writer.drain()
-        await asyncio.gather(_pipe(reader, upstream_writer), _pipe(upstream_reader, writer))
+        try:
+            await asyncio.gather(_pipe(reader, upstream_writer), _pipe(upstream_reader, writer))
+        finally:
+            upstream_writer.close()
 
 
 async def _pipe(source: asyncio.StreamReader, sink: asyncio.StreamWriter) -> None:

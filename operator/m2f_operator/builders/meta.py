@@ -39,12 +39,12 @@ LABEL_REPLICA_INDEX = f"{GROUP}/replica-index"
 LABEL_ATTEMPT = f"{GROUP}/attempt"
 LABEL_MANAGED_BY = "app.kubernetes.io/managed-by"
 MANAGED_BY = "mask2former-operator"
+OWNED_LABELS = (LABEL_JOB_NAME, LABEL_KIND, LABEL_ROLE, LABEL_REPLICA_INDEX, LABEL_ATTEMPT, LABEL_MANAGED_BY)
 
 SPEC_MOUNT_DIR = "/etc/m2f"
 # What the operator puts into every pod itself; a spec may not name them (validation.py says which field).
 RESERVED_VOLUMES = ("experiment", "dshm")
 RESERVED_MOUNT_PATHS = (SPEC_MOUNT_DIR, "/dev/shm")
-RESERVED_LABEL_PREFIX = f"{GROUP}/"
 SPEC_FILE = f"{SPEC_MOUNT_DIR}/spec.yaml"
 TERMINATION_MESSAGE_PATH = "/dev/termination-log"
 MASTER_PORT = 29500
