@@ -175,6 +175,8 @@ class DevClusterRuntime:
                                                name="local kubelet")
             supervisor = None
             try:
+                if config.kubelet:
+                    await self._kubelet_ready(kubelet_task)
                 if config.operator:
                     await self.operator.start()
                     if config.supervise_operator:
@@ -188,6 +190,17 @@ class DevClusterRuntime:
                 await self.operator.stop()
                 self.kubelet.stop()
                 await kubelet_task
+
+    async def _kubelet_ready(self, kubelet_task: asyncio.Task, timeout: float = 120.0) -> None:
+        """Wait until the kubelet's Nodes exist: whoever is told the cluster is up lists them next."""
+        ready = asyncio.create_task(self.kubelet.ready.wait())
+        done, _ = await asyncio.wait({ready, kubelet_task}, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
+        ready.cancel()
+        if kubelet_task in done:
+            kubelet_task.result()  # its error, if it failed
+            raise RuntimeError("the local kubelet stopped before registering its nodes")
+        if not done:
+            raise RuntimeError(f"the local kubelet did not register its nodes within {timeout:.0f} s")
 
     @contextlib.asynccontextmanager
     async def _control_plane(self):

@@ -214,12 +214,17 @@ def condition(status: dict, kind: str) -> dict:
     return next((c for c in status.get("conditions") or [] if c["type"] == kind), {})
 
 
-def pod_exit_code(pod: dict) -> int | None:
+def terminated_state(pod: dict) -> dict:
+    """The first terminated container state of a pod ({} while none has terminated)."""
     for container in (pod.get("status") or {}).get("containerStatuses") or []:
         terminated = (container.get("state") or {}).get("terminated")
         if terminated:
-            return terminated.get("exitCode")
-    return None
+            return terminated
+    return {}
+
+
+def pod_exit_code(pod: dict) -> int | None:
+    return terminated_state(pod).get("exitCode")
 
 
 @dataclass

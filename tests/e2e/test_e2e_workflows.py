@@ -41,6 +41,7 @@ from e2e_helpers import (
     pod_exit_code,
     read_metrics,
     runs,
+    terminated_state,
     tiny_experiment,
     train_manifest,
     wait_for,
@@ -270,8 +271,8 @@ def test_sigkilled_worker_gang_restarts_and_resumes_from_latest_checkpoint(clust
     assert len(restart) == 1, restart
     # The cause named is the first pod to fail: the killed worker 1, or worker 0 where both ended in the same
     # second (the API's resolution) after worker 0 lost its peer.
-    finished = {pod["metadata"]["name"]: _finished_at(pod) for pod in env.recorder.pod_uids(name).values()
-                if pod["metadata"]["labels"][LABEL_ATTEMPT] == "0" and _finished_at(pod)}
+    finished = {pod["metadata"]["name"]: terminated_state(pod).get("finishedAt") for pod in env.recorder.pod_uids(name).values()
+                if pod["metadata"]["labels"][LABEL_ATTEMPT] == "0" and terminated_state(pod).get("finishedAt")}
     first = [pod_name for pod_name, at in finished.items() if at == min(finished.values())]
     assert f"{name}-worker-1" in first and any(f"pod {p} " in restart[0]["message"] for p in first), (restart, finished)
     # The restarted gang resumed from the latest checkpoint: epochs continue (metrics.jsonl).
@@ -279,14 +280,6 @@ def test_sigkilled_worker_gang_restarts_and_resumes_from_latest_checkpoint(clust
     first, _ = assert_resumed(records, observed["checkpoints_at_fault"], ALPHA_EPOCHS)
     assert first["world_size"] == NODES
     assert not any(r["event"] == "end" for r in runs(records)[0]), "worker 1 was killed after training ended"
-
-
-def _finished_at(pod: dict) -> str | None:
-    for container in (pod.get("status") or {}).get("containerStatuses") or []:
-        terminated = (container.get("state") or {}).get("terminated")
-        if terminated:
-            return terminated.get("finishedAt")
-    return None
 
 
 def test_export_waits_for_its_train_then_writes_an_onnx_model_onnxruntime_loads(cluster_env: ClusterEnv, flows):

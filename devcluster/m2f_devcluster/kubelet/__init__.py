@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import threading
+import time
 from collections.abc import Iterator
 from typing import Any
 
@@ -39,9 +40,13 @@ class KubeletThread:
         finally:
             self._loop.close()
 
-    def start(self) -> KubeletThread:
+    def start(self, timeout: float = 60) -> KubeletThread:
+        """Start; return once the Nodes are registered (or the kubelet stopped, or `timeout` passed)."""
         self._thread.start()
         self._ready.wait(10)
+        deadline = time.monotonic() + timeout
+        while self._thread.is_alive() and not self.kubelet.ready.is_set() and time.monotonic() < deadline:
+            time.sleep(0.02)
         return self
 
     def lose_node(self, name: str, timeout: float = 10) -> None:

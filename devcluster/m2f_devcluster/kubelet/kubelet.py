@@ -123,6 +123,8 @@ class Kubelet:
         self._next_node = itertools.cycle(self.nodes)
         self._http: aiohttp.ClientSession | None = None
         self._stopping = asyncio.Event()
+        # Set once the Nodes are registered and the pod network is open: what "the cluster is up" promises.
+        self.ready = asyncio.Event()
 
     # -- API access -------------------------------------------------------------------------------
 
@@ -168,6 +170,7 @@ class Kubelet:
                 await self.api.start()
             await self._register_nodes()
             await self.open_pod_network()
+            self.ready.set()
             watches = [asyncio.create_task(self._watch("/api/v1/nodes", self._on_node)),
                        asyncio.create_task(self._watch("/api/v1/pods", self._on_pod))]
             try:
