@@ -9,15 +9,18 @@ TORCH_PINS := torch==2.14.1 torchvision==0.29.1
 PYTEST_ARGS ?=
 export OMP_NUM_THREADS ?= 1
 
-.PHONY: install test demo lint bench crds check-crds clean
+.PHONY: install test demo lint lock bench crds check-crds clean
 
 install: $(STAMP)
 
-$(STAMP): pyproject.toml hack/install_k8s_tools.py hack/install_etcd.sh
+# The four distributions (spec, trainer, operator, devcluster), editable, with the test tools.
+DISTRIBUTIONS := spec/pyproject.toml trainer/pyproject.toml operator/pyproject.toml devcluster/pyproject.toml
+
+$(STAMP): $(DISTRIBUTIONS) requirements/test.txt hack/install_k8s_tools.py hack/install_etcd.sh
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
 	$(BIN)/python -m pip install -q $(TORCH_PINS)
-	$(BIN)/python -m pip install -q -e '.[test]'
+	$(BIN)/python -m pip install -q -r requirements/test.txt
 	$(BIN)/python hack/install_k8s_tools.py $(BIN)
 	bash hack/install_etcd.sh
 	touch $(STAMP)
@@ -29,7 +32,12 @@ demo: install
 	PATH=$(abspath $(BIN)):$$PATH $(BIN)/python -m m2f_devcluster.demo
 
 lint: install
-	$(BIN)/ruff check trainer operator devcluster tests bench hack
+	$(BIN)/ruff check spec trainer operator devcluster tests bench hack
+	$(BIN)/hadolint images/*/Dockerfile
+
+# Each image's pinned, hashed third-party packages, resolved for its own Python from images/*/requirements.in.
+lock: install
+	$(BIN)/python hack/lock_images.py
 
 bench: install
 	@for b in bench/*.py; do echo "== $$b"; $(BIN)/python $$b || exit 1; done
@@ -44,4 +52,4 @@ check-crds: install
 	$(BIN)/python -m m2f_operator.crds check --no-cel crds/pre-1.25
 
 clean:
-	rm -rf $(VENV) build *.egg-info .pytest_cache
+	rm -rf $(VENV) build *.egg-info */*.egg-info .pytest_cache

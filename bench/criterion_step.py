@@ -12,9 +12,10 @@ import statistics
 import time
 
 import torch
-from m2f_trainer.model.criterion import SetCriterion
 from transformers import Mask2FormerConfig
 from transformers.models.mask2former.modeling_mask2former import Mask2FormerLoss
+
+from m2f_trainer.model.criterion import SetCriterion
 
 WEIGHTS = {"loss_ce": 2.0, "loss_mask": 5.0, "loss_dice": 5.0}
 

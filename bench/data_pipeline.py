@@ -18,6 +18,8 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from PIL import Image
+
 from m2f_trainer.data.coco_panoptic import CocoPanopticDataset
 from m2f_trainer.data.transforms import (
     DEFAULT_PIXEL_MEAN,
@@ -26,7 +28,6 @@ from m2f_trainer.data.transforms import (
     shortest_edge_size,
     tao_train_min_sizes,
 )
-from PIL import Image
 
 REPO = Path(__file__).resolve().parents[1]
 CROP = (1024, 1024)

@@ -17,6 +17,7 @@ sys.path[:0] = [str(REPO / "trainer"), str(REPO / "tests" / "trainer")]
 
 from _panoptic_synth import write_synthetic_panoptic  # noqa: E402  (shared with the tests)
 from _panopticapi_reference import reference_pq_compute  # noqa: E402  (panopticapi's algorithm)
+
 from m2f_trainer.evaluation.panoptic import available_cores, default_num_workers, pq_compute  # noqa: E402
 
 

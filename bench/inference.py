@@ -20,7 +20,8 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from m2f_trainer.config import load_spec
+
+from m2f_spec import load_spec
 from m2f_trainer.data.synth import synthesize
 from m2f_trainer.export.onnx_export import ExportSettings, export_onnx
 from m2f_trainer.export.onnx_runner import OnnxRunner, available_cores

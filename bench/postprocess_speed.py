@@ -12,8 +12,9 @@ import statistics
 import time
 
 import torch
-from m2f_trainer.model.postprocess import postprocess
 from transformers import Mask2FormerImageProcessor
+
+from m2f_trainer.model.postprocess import postprocess
 
 SIZE = 384
 

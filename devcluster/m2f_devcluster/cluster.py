@@ -125,10 +125,9 @@ class OperatorProcess:
 
 def install_crds(api: Emulator) -> list[str]:
     """Create (or update) the project's CRDs, generated from the spec schema like `make crds` does."""
-    from m2f_operator.crds import build_crds
-
     from m2f_devcluster.emulator.errors import ApiError
     from m2f_devcluster.emulator.store import CRD_TYPE
+    from m2f_operator.crds import build_crds
 
     names = []
     for crd in build_crds():

@@ -1,6 +1,6 @@
 """CRD generation: `python -m m2f_operator.crds write|check DIR...` (`make crds` / `make check-crds`).
 
-spec.experiment's openAPIV3Schema is generated from the trainer's spec schema (m2f_trainer.config
+spec.experiment's openAPIV3Schema is generated from the trainer's spec schema (m2f_spec
 json_schema), so the CRDs and the `m2f` loader accept the same experiments.
 """
 
@@ -35,7 +35,7 @@ def crd_experiment_schema() -> dict:
     with kubectl's strict field validation, rejected), and defaults move into descriptions so the
     stored experiment stays as the user wrote it: the trainer applies the same defaults itself.
     """
-    from m2f_trainer.config import json_schema
+    from m2f_spec import json_schema
 
     def convert(node):
         if isinstance(node, list):

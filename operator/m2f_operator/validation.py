@@ -15,8 +15,8 @@ TENSORRT_PRECISIONS = ("fp32", "fp16")
 @functools.lru_cache(maxsize=512)
 def _experiment_error(experiment_json: str, overrides: tuple[str, ...]) -> str | None:
     # Imported lazily: the config module is pure Python (no torch), but only validation needs it.
-    from m2f_trainer.config import config_from_dict
-    from m2f_trainer.errors import UserError
+    from m2f_spec import config_from_dict
+    from m2f_spec.errors import UserError
 
     try:
         config_from_dict(json.loads(experiment_json), overrides, source="spec.experiment")

@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 from control_planes import BACKENDS, require_real_control_plane
 from e2e_helpers import KUBECTL, NAMESPACE, OPERATOR_ENV, ClusterEnv, Kubectl, Recorder
+
 from m2f_devcluster import DevCluster
 
 DATASET_IN_PODS = "/datasets/synth"

@@ -25,9 +25,10 @@ import yaml
 from control_planes import BACKENDS, require_real_control_plane  # noqa: F401  (BACKENDS re-exported)
 from kopf.testing import KopfRunner
 from kubernetes.client.rest import ApiException
+from polling import wait_for  # noqa: F401  (re-exported for the operator tests)
+
 from m2f_devcluster.emulator import run_emulator
 from m2f_operator.builders import meta
-from polling import wait_for  # noqa: F401  (re-exported for the operator tests)
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 OPERATOR_ENV = {

@@ -5,8 +5,9 @@ from __future__ import annotations
 import kubernetes_validate
 import pytest
 import yaml
-from m2f_operator.builders import PodDefaults, build_configmap, build_gang, build_service, build_stages, meta
 from reconcile_factories import resource
+
+from m2f_operator.builders import PodDefaults, build_configmap, build_gang, build_service, build_stages, meta
 
 
 def env_of(pod: dict) -> dict[str, str]:

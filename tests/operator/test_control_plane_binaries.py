@@ -8,6 +8,7 @@ import io
 import tarfile
 
 import pytest
+
 from m2f_devcluster.controlplane import binaries
 from m2f_devcluster.controlplane.binaries import KUBE_BINARIES, TARBALL, BinariesError, find_binaries
 

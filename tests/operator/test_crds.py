@@ -8,6 +8,7 @@ import jsonschema
 import kubernetes_validate
 import pytest
 import yaml
+
 from m2f_operator import crds
 from m2f_operator.builders import build_configmap, build_gang, build_service, build_stages, meta
 from m2f_operator.validation import spec_error
@@ -82,7 +83,7 @@ def test_crd_is_valid_structural_and_complete(info):
             assert "additionalProperties" not in node, path
         assert "default" not in node or not path.startswith("$.properties.spec.properties.experiment"), path
     # The experiment schema is the trainer's: the same sections and enums.
-    from m2f_trainer.config import json_schema
+    from m2f_spec import json_schema
 
     assert set(experiment["properties"]) == set(json_schema()["properties"])
 

@@ -6,11 +6,12 @@ from __future__ import annotations
 import json
 
 import pytest
+from reconcile_factories import NOW, resource
+
 from m2f_operator.builders import build_gang, build_stages
 from m2f_operator.policies import creation
 from m2f_operator.reconcile import Observed, blocked_creation
 from m2f_operator.validation import spec_error
-from reconcile_factories import NOW, resource
 
 DATASETS = {"name": "datasets", "persistentVolumeClaim": {"claimName": "datasets"}}
 

@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 import yaml
 from control_planes import BACKENDS, require_real_control_plane
+
 from m2f_devcluster import DevCluster
 from m2f_devcluster.cli import PID_FILE
 from m2f_trainer.cli import main as m2f

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 import yaml
+
 from m2f_operator.builders.children import render_experiment
 from m2f_operator.validation import spec_error
 

@@ -98,24 +98,3 @@ def test_chart_crds_are_the_generated_ones(repo_root):
     from m2f_operator import crds
 
     assert crds.stale_files(repo_root / "charts" / "mask2former-operator" / "crds") == []
-
-
-# -- images: Dockerfiles consistent with pyproject's extras and the chart --------------------------
-
-IMAGES = {"operator": ["operator"], "trainer": ["trainer", "export"], "trt-builder": ["trainer", "export", "tensorrt"]}
-
-
-@pytest.mark.parametrize(("image", "extras"), list(IMAGES.items()))
-def test_dockerfiles_install_the_right_extras_as_non_root(repo_root, image, extras):
-    import re
-
-    import tomllib
-
-    text = (repo_root / "images" / image / "Dockerfile").read_text()
-    declared = tomllib.loads((repo_root / "pyproject.toml").read_text())["project"]["optional-dependencies"]
-    (installed,) = re.findall(r'pip install "\.\[([a-z,]+)\]"', text)
-    assert installed.split(",") == extras and set(extras) <= set(declared)
-    user = re.findall(r"^USER (\d+)", text, re.M)
-    assert user and int(user[-1]) != 0
-    entrypoint = re.findall(r"^ENTRYPOINT (.+)$", text, re.M)[-1]
-    assert entrypoint == ('["python", "-m", "m2f_operator"]' if image == "operator" else '["m2f"]')

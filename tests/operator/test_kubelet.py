@@ -14,10 +14,11 @@ from pathlib import Path
 import kubernetes
 import pytest
 from kubernetes.client.rest import ApiException
+from polling import wait_for
+
 from m2f_devcluster.emulator import run_emulator
 from m2f_devcluster.kubelet import PathMap, rewrite_cluster_dns, run_kubelet
 from m2f_devcluster.kubelet.addresses import POD_NETWORK
-from polling import wait_for
 
 NODES = ("node-a", "node-b")
 

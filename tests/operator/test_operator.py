@@ -6,10 +6,11 @@ import json
 import time
 
 import pytest
-from m2f_operator import metrics
-from m2f_operator.builders import meta
 from operator_harness import BACKENDS, cluster_on, running_operator, wait_for
 from reconcile_factories import TINY_EXPERIMENT
+
+from m2f_operator import metrics
+from m2f_operator.builders import meta
 
 TRAIN = "Mask2FormerTrain"
 # One control plane + operator per backend for the module: keep its tests on one xdist worker (`--dist loadgroup`).

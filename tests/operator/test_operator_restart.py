@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import pytest
-from m2f_operator import metrics
 from operator_harness import BACKENDS, cluster_on, running_operator
 from reconcile_factories import TINY_EXPERIMENT
+
+from m2f_operator import metrics
 
 TRAIN = "Mask2FormerTrain"
 # Same xdist worker as test_operator.py: one in-process kopf operator at a time, less CPU contention.

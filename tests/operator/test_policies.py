@@ -5,6 +5,8 @@ from __future__ import annotations
 from datetime import timedelta
 
 import pytest
+from reconcile_factories import NOW, gang, iso, pod
+
 from m2f_operator.builders.pods import Stage
 from m2f_operator.policies import (
     deadline_remaining,
@@ -15,7 +17,6 @@ from m2f_operator.policies import (
     ttl_remaining,
     views,
 )
-from reconcile_factories import NOW, gang, iso, pod
 
 STAGE = Stage("worker", "train", 2, 1, "img")
 

@@ -9,9 +9,10 @@ import threading
 import time
 
 import pytest
+from reconcile_factories import NOW, gang, pod, resource
+
 from m2f_operator.progress import progress_from_metrics, rank_zero_endpoint, scrape
 from m2f_operator.reconcile import Observed, reconcile
-from reconcile_factories import NOW, gang, pod, resource
 
 EXPOSITION = """# TYPE m2f_train_epoch gauge
 m2f_train_epoch 3.0

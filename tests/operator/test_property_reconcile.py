@@ -8,9 +8,10 @@ from datetime import timedelta
 import kubernetes_validate
 from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
+from reconcile_factories import NOW, TINY_EXPERIMENT
+
 from m2f_operator.builders import meta
 from m2f_operator.reconcile import Observed, reconcile
-from reconcile_factories import NOW, TINY_EXPERIMENT
 
 WILD_INT = st.one_of(st.none(), st.integers(-3, 12), st.text(max_size=3), st.booleans())
 WILD_EXIT_CODES = st.one_of(st.none(), st.lists(st.integers(-1, 300), max_size=3), st.text(max_size=2))

@@ -7,8 +7,9 @@ import json
 from datetime import timedelta
 
 import pytest
-from m2f_operator.reconcile import Observed, reconcile
 from reconcile_factories import NOW, gang, iso, pod, resource
+
+from m2f_operator.reconcile import Observed, reconcile
 
 
 def applied(body: dict, plan) -> dict:
@@ -247,6 +248,7 @@ def test_fixing_an_operator_field_leaves_invalid_spec():
 
 def test_events_of_a_plan_are_valid_kubernetes_events():
     import kubernetes_validate
+
     from m2f_operator.client import build_event
 
     plan = run(resource(nodes=1))

@@ -17,4 +17,4 @@ def test_dev_without_the_dev_cluster_says_what_to_install(monkeypatch, capsys):
     monkeypatch.setattr(cli, "entry_points", lambda group: importlib.metadata.EntryPoints(()))
     assert cli.main(["dev", "up"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
-    assert err == ["error: `m2f dev` is not installed here; install mask2former-operator[dev]"]
+    assert err == ["error: `m2f dev` is not installed here; install mask2former-devcluster"]

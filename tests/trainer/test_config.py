@@ -11,7 +11,8 @@ import pytest
 import yaml
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from m2f_trainer.config import (
+
+from m2f_spec import (
     ExperimentConfig,
     config_from_dict,
     dump_yaml,
@@ -92,7 +93,7 @@ def test_every_example_spec_validates_and_round_trips(example):
 def test_config_module_does_not_import_torch():
     import subprocess
 
-    code = "import sys, m2f_trainer.config, m2f_trainer.config.cli; print('torch' in sys.modules)"
+    code = "import sys, m2f_spec, m2f_spec.cli; print('torch' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"
 

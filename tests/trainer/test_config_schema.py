@@ -12,11 +12,12 @@ from typing import Any
 import jsonschema
 import pytest
 import yaml
+
+from m2f_spec import ExperimentConfig, config_from_dict, json_schema, load_spec, spec_to_dict
+from m2f_spec.fields import field_default
+from m2f_spec.loader import list_item_type, unwrap_optional
+from m2f_spec.reference import fields_markdown
 from m2f_trainer.cli import main
-from m2f_trainer.config import ExperimentConfig, config_from_dict, json_schema, load_spec, spec_to_dict
-from m2f_trainer.config.fields import field_default
-from m2f_trainer.config.loader import list_item_type, unwrap_optional
-from m2f_trainer.config.reference import fields_markdown
 
 REPO = Path(__file__).resolve().parents[2]
 EXAMPLES = REPO / "examples" / "specs"
@@ -247,7 +248,7 @@ def test_m2f_schema_prints_json_schema(capsys):
 
 def test_docs_field_reference_is_generated_from_the_schema():
     text = (REPO / "docs" / "spec.md").read_text()
-    assert fields_markdown().strip() in text, "regenerate: python -m m2f_trainer.config.reference"
+    assert fields_markdown().strip() in text, "regenerate: python -m m2f_spec.reference"
 
 
 def test_docs_cover_every_field():

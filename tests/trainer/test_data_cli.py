@@ -8,8 +8,9 @@ from pathlib import Path
 
 import pytest
 import torch
+
+from m2f_spec import load_spec
 from m2f_trainer.cli import main
-from m2f_trainer.config import load_spec
 from m2f_trainer.data import M2FDataModule
 
 

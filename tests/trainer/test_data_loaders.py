@@ -9,14 +9,15 @@ import numpy as np
 import pytest
 import torch
 import yaml
-from m2f_trainer.config import load_spec
+from PIL import Image
+
+from m2f_spec import load_spec
 from m2f_trainer.data import LabelMap, build_dataset, build_label_map, synthesize
 from m2f_trainer.data.coco_instance import CocoInstanceDataset
 from m2f_trainer.data.coco_panoptic import CocoPanopticDataset
 from m2f_trainer.data.semantic import SemanticDataset
 from m2f_trainer.data.synth import STUFF, THINGS
 from m2f_trainer.errors import DataError, SpecError
-from PIL import Image
 
 RAW_IDS = sorted(c["id"] for c in THINGS + STUFF)  # [1, 2, 4, 7, 9]
 

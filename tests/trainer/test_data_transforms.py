@@ -11,6 +11,9 @@ import torch
 import torch.nn.functional as nnf
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from PIL import Image
+from pycocotools import mask as mask_utils
+
 from m2f_trainer.data import collate
 from m2f_trainer.data.coco_instance import CocoInstanceDataset
 from m2f_trainer.data.coco_panoptic import CocoPanopticDataset
@@ -22,8 +25,6 @@ from m2f_trainer.data.transforms import (
     shortest_edge_size,
     tao_train_min_sizes,
 )
-from PIL import Image
-from pycocotools import mask as mask_utils
 
 HEIGHT, WIDTH = 64, 96
 # (category id, colour, (top, bottom, left, right)); later regions paint over earlier ones.

@@ -10,9 +10,10 @@ from types import SimpleNamespace
 
 import pytest
 import torch
+from torch import nn
+
 from m2f_trainer.engine import checkpoints, distributed, optim, prometheus
 from m2f_trainer.errors import SpecError, UserError
-from torch import nn
 
 
 def train_cfg(**overrides):
@@ -268,8 +269,9 @@ class _Criterion(nn.Module):
 @pytest.mark.parametrize("kind", ["full", "value"])
 def test_gradient_clipping_once_per_step(kind, tmp_path):
     import lightning as L
-    from m2f_trainer.engine.module import Mask2FormerModule
     from torch.utils.data import DataLoader
+
+    from m2f_trainer.engine.module import Mask2FormerModule
 
     cfg = SimpleNamespace(train=SimpleNamespace(
         clip_grad_type=kind, clip_grad_norm=0.5, clip_grad_norm_type=2.0, precision="fp32", num_epochs=1,

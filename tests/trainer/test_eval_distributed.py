@@ -14,6 +14,7 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).parent))
 from _panoptic_synth import write_synthetic_panoptic  # noqa: E402
+
 from m2f_trainer.evaluation.formats import read_panoptic_png  # noqa: E402
 from m2f_trainer.evaluation.panoptic import PQAccumulator, pq_compute  # noqa: E402
 from m2f_trainer.evaluation.semantic import SemanticConfusion  # noqa: E402

@@ -8,13 +8,14 @@ import json
 
 import numpy as np
 import pytest
+from pycocotools import mask as mask_utils
+from pycocotools.coco import COCO
+from pycocotools.cocoeval import COCOeval
+
 from m2f_trainer.errors import DataError
 from m2f_trainer.evaluation.formats import encode_instances, read_instance_results, write_instance_results
 from m2f_trainer.evaluation.instance import InstanceResults, evaluate_instances, instances_from_panoptic
 from m2f_trainer.evaluation.predictions import evaluate_prediction_dir
-from pycocotools import mask as mask_utils
-from pycocotools.coco import COCO
-from pycocotools.cocoeval import COCOeval
 
 # pycocotools' decode trips numpy 2's __array__ copy deprecation; not ours to fix.
 pytestmark = pytest.mark.filterwarnings("ignore:__array__ implementation:DeprecationWarning")

@@ -14,6 +14,7 @@ from hypothesis import strategies as st
 sys.path.insert(0, str(Path(__file__).parent))
 from _panoptic_synth import write_synthetic_panoptic  # noqa: E402
 from _panopticapi_reference import reference_pq_compute  # noqa: E402
+
 from m2f_trainer.errors import DataError  # noqa: E402
 from m2f_trainer.evaluation.formats import id2rgb, read_panoptic_png, rgb2id, write_panoptic_png  # noqa: E402
 from m2f_trainer.evaluation.panoptic import (  # noqa: E402

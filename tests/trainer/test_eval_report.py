@@ -8,6 +8,7 @@ import math
 
 import numpy as np
 import pytest
+
 from m2f_trainer.errors import DataError, UserError
 from m2f_trainer.evaluation.formats import PanopticPredictionWriter, read_panoptic_png
 from m2f_trainer.evaluation.predictions import evaluate_prediction_dir

@@ -6,6 +6,7 @@ import json
 
 import numpy as np
 import pytest
+
 from m2f_trainer.errors import DataError, UserError
 from m2f_trainer.evaluation.formats import read_panoptic_png, read_semantic_png, write_semantic_png
 from m2f_trainer.evaluation.predictions import evaluate_prediction_dir

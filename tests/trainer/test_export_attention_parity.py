@@ -14,12 +14,13 @@ import numpy as np
 import onnx
 import pytest
 import torch
+from test_export_onnx import SIZE, make_case
+
 from m2f_trainer.export import onnx_export
 from m2f_trainer.export.onnx_export import ExportError, ExportSettings, export_onnx
 from m2f_trainer.export.parity import compare_attention
 from m2f_trainer.export.wrappers import ExportWrapper
 from m2f_trainer.model import load_model_checkpoint
-from test_export_onnx import SIZE, make_case
 
 TOLERANCE = 0.05  # knife edge: |logit| <= 4 x 0.05 = 0.2
 
@@ -110,8 +111,8 @@ def test_random_init_swin_t_exports_with_a_dynamic_batch(tmp_path, capsys):
     (2.3e-3 on pred_masks before the replay, from a handful of flipped decisions)."""
     from pathlib import Path
 
+    from m2f_spec import load_spec
     from m2f_trainer.cli import main
-    from m2f_trainer.config import load_spec
     from m2f_trainer.model import build_model, save_model_checkpoint
 
     spec = Path(__file__).parents[2] / "examples" / "specs" / "tao_coco_panoptic_swin_tiny.yaml"

@@ -6,8 +6,9 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 import pytest
-from m2f_trainer.export.fp16 import convert_to_mixed_fp16, fp32_node_names, keep_fp32
 from onnx import TensorProto, helper, numpy_helper
+
+from m2f_trainer.export.fp16 import convert_to_mixed_fp16, fp32_node_names, keep_fp32
 
 
 def _graph() -> onnx.ModelProto:

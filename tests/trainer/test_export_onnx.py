@@ -10,8 +10,9 @@ import numpy as np
 import onnx
 import pytest
 import torch
+
+from m2f_spec import load_spec
 from m2f_trainer.cli import main
-from m2f_trainer.config import load_spec
 from m2f_trainer.data.build import build_dataset
 from m2f_trainer.data.collate import collate
 from m2f_trainer.data.synth import synthesize

@@ -9,10 +9,11 @@ from pathlib import Path
 import numpy as np
 import onnx
 import pytest
+from onnx import TensorProto, helper, numpy_helper
+
 from m2f_trainer.cli import main
 from m2f_trainer.errors import SpecError
 from m2f_trainer.export.tensorrt import INSTALL_HINT, EngineBuildSettings
-from onnx import TensorProto, helper, numpy_helper
 
 SPEC = Path(__file__).resolve().parents[2] / "examples" / "specs" / "tao_coco_panoptic_swin_tiny.yaml"
 HAS_TENSORRT = importlib.util.find_spec("tensorrt") is not None
@@ -88,6 +89,7 @@ def test_engine_matches_onnxruntime(tmp_path, precision):
     if not _cuda_available():
         pytest.skip("no CUDA device: TensorRT needs a GPU")
     import onnxruntime as ort
+
     from m2f_trainer.export.tensorrt import TensorRTRunner
 
     onnx_file = _write_onnx(tmp_path / "model.onnx")

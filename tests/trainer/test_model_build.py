@@ -10,8 +10,9 @@ import numpy as np
 import pytest
 import timm
 import torch
+
+from m2f_spec import load_spec
 from m2f_trainer.cli import main
-from m2f_trainer.config import load_spec
 from m2f_trainer.errors import SpecError, UserError
 from m2f_trainer.model import (
     build_model,

@@ -24,6 +24,7 @@ import textwrap
 import pytest
 import torch
 import torch.nn.functional as F
+
 from m2f_trainer.model.criterion import SetCriterion, average_num_masks, build_criterion
 from m2f_trainer.model.matcher import HungarianMatcher
 
@@ -270,7 +271,7 @@ def test_terms_are_scaled_by_their_weights():
 
 
 def test_build_criterion_reads_the_spec():
-    schema = pytest.importorskip("m2f_trainer.config.schema")
+    schema = pytest.importorskip("m2f_spec.schema")
     cfg = schema.ExperimentConfig()
     cfg.model.sem_seg_head.num_classes = 7
     cfg.model.mask_former.class_weight = 3.0

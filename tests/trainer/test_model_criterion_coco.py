@@ -9,7 +9,8 @@ from __future__ import annotations
 import pytest
 import torch
 import yaml
-from m2f_trainer.config import load_spec
+
+from m2f_spec import load_spec
 from m2f_trainer.data import build_dataset, collate
 from m2f_trainer.model import build_model
 from m2f_trainer.model.criterion import build_criterion

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+
 from m2f_trainer.model import Mask2Former, build_model_from_config
 from m2f_trainer.model.backbone import EFFICIENTVIT_MODELS, SWIN_PRESETS
 

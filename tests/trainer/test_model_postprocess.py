@@ -25,6 +25,7 @@ import torch
 import torch.nn.functional as F
 from hypothesis import given, settings
 from hypothesis import strategies as st
+
 from m2f_trainer.model.postprocess import (
     instance_inference,
     panoptic_inference,

@@ -14,13 +14,14 @@ from PIL import Image
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from cross_backend import assert_instances_match, assert_label_maps_match, assert_panoptic_dirs_match  # noqa: E402
+from test_export_onnx import SIZE, make_case  # noqa: E402
+
 from m2f_trainer.cli import main  # noqa: E402
 from m2f_trainer.errors import UserError  # noqa: E402
 from m2f_trainer.export.onnx_export import ExportSettings, export_onnx  # noqa: E402
 from m2f_trainer.export.onnx_runner import ExportedModelRunner, OnnxRunner, predictions_from_exported  # noqa: E402
 from m2f_trainer.export.wrappers import OUTPUT_NAMES, ExportWrapper  # noqa: E402
 from m2f_trainer.model import load_model_checkpoint  # noqa: E402
-from test_export_onnx import SIZE, make_case  # noqa: E402
 
 TINY = ["model.mask_former.dec_layers=2"]
 METRIC_TOL = 1e-2

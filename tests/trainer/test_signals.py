@@ -8,6 +8,7 @@ import subprocess
 import sys
 
 import pytest
+
 from m2f_trainer.engine.signals import (
     DeferSigtermToTrainer,
     Terminated,

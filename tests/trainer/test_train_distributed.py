@@ -11,8 +11,9 @@ import time
 
 import pytest
 import torch
-from m2f_trainer.data.synth import synthesize
 from test_train_loop import LATEST, m2f_process, read_jsonl
+
+from m2f_trainer.data.synth import synthesize
 
 DIGEST = re.compile(r"rank (\d) final weights sha256 ([0-9a-f]{64})")
 

@@ -15,6 +15,7 @@ from pathlib import Path
 
 import pytest
 import torch
+
 from m2f_trainer.cli import main
 from m2f_trainer.data.synth import synthesize
 

@@ -6,8 +6,9 @@ import json
 
 import pytest
 import yaml
-from m2f_trainer.cli import main
 from test_train_loop import read_jsonl
+
+from m2f_trainer.cli import main
 
 # Both images at their own resolution every step; the learning rate drops tenfold for the last 50 steps.
 STEPS = 250

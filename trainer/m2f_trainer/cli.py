@@ -20,8 +20,8 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "inference": ("m2f_trainer.tasks.inference", "run inference on dataset.test.img_dir"),
     "export": ("m2f_trainer.tasks.export", "export a checkpoint to ONNX and verify parity in onnxruntime"),
     "gen_trt_engine": ("m2f_trainer.tasks.gen_trt_engine", "build a TensorRT engine from an ONNX file"),
-    "validate": ("m2f_trainer.config.cli", "validate an experiment spec and print it resolved"),
-    "schema": ("m2f_trainer.config.cli", "print the JSON Schema of the experiment spec"),
+    "validate": ("m2f_spec.cli", "validate an experiment spec and print it resolved"),
+    "schema": ("m2f_spec.cli", "print the JSON Schema of the experiment spec"),
     "data": ("m2f_trainer.data.cli", "dataset tools: `data check`, `data synth`"),
     "convert-checkpoint": ("m2f_trainer.model.convert", "convert HF / detectron2 Mask2Former weights"),
 }
@@ -29,7 +29,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
 # `name = "module"`. The trainer image does not install them; asking for one says what to install.
 PLUGIN_GROUP = "m2f.commands"
 PLUGINS: dict[str, tuple[str, str]] = {
-    "dev": ("mask2former-operator[dev]", "embedded dev cluster: `dev up`, `dev down`, `dev status`"),
+    "dev": ("mask2former-devcluster", "embedded dev cluster: `dev up`, `dev down`, `dev status`"),
 }
 
 

@@ -2,15 +2,10 @@
 
 from __future__ import annotations
 
+# The spec's errors are the root of the hierarchy: the trainer's CLI catches UserError for all of them.
+from m2f_spec.errors import SpecError, UserError
 
-class UserError(Exception):
-    """A problem with the user's input (spec, data, arguments). CLI: one line on stderr, exit 2."""
-
-    exit_code = 2
-
-
-class SpecError(UserError):
-    """The experiment spec is invalid; the message names the field path, the value and what is allowed."""
+__all__ = ["DataError", "SpecError", "UserError"]
 
 
 class DataError(UserError):

@@ -44,7 +44,7 @@ def _synth(argv: list[str]) -> int:
 
 
 def _check(argv: list[str]) -> int:
-    from m2f_trainer.config import parse_task_args
+    from m2f_spec import parse_task_args
     from m2f_trainer.data.check import check
 
     cfg, _ = parse_task_args(argv, "m2f data check")

@@ -1,6 +1,6 @@
 """TensorRT engine building and inference against the TensorRT 10.x / 11.x Python API.
 
-TensorRT is an optional extra (`pip install 'mask2former-operator[tensorrt]'`, the trt-builder image);
+TensorRT is an optional extra (`pip install 'mask2former-trainer[tensorrt]'`, the trt-builder image);
 nothing here imports it at module import time, so the rest of the trainer works without it.
 """
 
@@ -18,7 +18,7 @@ from m2f_trainer.errors import SpecError, UserError
 from m2f_trainer.export.fp16 import convert_to_mixed_fp16, keep_fp32
 
 INSTALL_HINT = (
-    "TensorRT is not installed: install the extra with `pip install 'mask2former-operator[tensorrt]'` on a "
+    "TensorRT is not installed: install the extra with `pip install 'mask2former-trainer[tensorrt]'` on a "
     "machine with CUDA and an NVIDIA GPU, or run this command in the trt-builder image (images/trt-builder)"
 )
 

@@ -6,7 +6,7 @@ import logging
 import sys
 from pathlib import Path
 
-from m2f_trainer.config import parse_task_args, task_results_dir
+from m2f_spec import parse_task_args, task_results_dir
 from m2f_trainer.engine.signals import EXIT_TERMINATED, is_termination, terminate_on_sigterm
 from m2f_trainer.errors import SpecError, UserError
 from m2f_trainer.tasks import setup_logging

@@ -6,7 +6,7 @@ import json
 import sys
 from pathlib import Path
 
-from m2f_trainer.config.args import parse_task_args, task_results_dir
+from m2f_spec.args import parse_task_args, task_results_dir
 from m2f_trainer.errors import SpecError
 
 

@@ -9,7 +9,7 @@ from typing import Any
 import numpy as np
 from PIL import Image, ImageDraw
 
-from m2f_trainer.config import parse_task_args, task_results_dir
+from m2f_spec import parse_task_args, task_results_dir
 from m2f_trainer.engine.signals import EXIT_TERMINATED, is_termination, terminate_on_sigterm
 from m2f_trainer.errors import SpecError
 from m2f_trainer.tasks import setup_logging

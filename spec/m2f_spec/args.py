@@ -8,9 +8,9 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import NoReturn
 
-from m2f_trainer.config.loader import load_spec
-from m2f_trainer.config.schema import ExperimentConfig
-from m2f_trainer.errors import SpecError, UserError
+from m2f_spec.errors import SpecError, UserError
+from m2f_spec.loader import load_spec
+from m2f_spec.schema import ExperimentConfig
 
 # The operator points every task at the results volume through this variable (pod env contract).
 RESULTS_DIR_ENV = "M2F_RESULTS_DIR"

@@ -15,9 +15,9 @@ from typing import Any
 
 import yaml
 
-from m2f_trainer.config.fields import field_default
-from m2f_trainer.config.schema import ExperimentConfig
-from m2f_trainer.errors import SpecError
+from m2f_spec.errors import SpecError
+from m2f_spec.fields import field_default
+from m2f_spec.schema import ExperimentConfig
 
 # TAO specs call the dataset section either `dataset:` or `data:`; the attribute is always `dataset`.
 SECTION_ALIASES = {"data": "dataset"}

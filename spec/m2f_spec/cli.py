@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import json
 
-from m2f_trainer.config.args import parse_task_args
-from m2f_trainer.config.jsonschema import DRAFT_07, OPENAPI, json_schema
-from m2f_trainer.config.loader import dump_yaml
-from m2f_trainer.errors import UserError
+from m2f_spec.args import parse_task_args
+from m2f_spec.errors import UserError
+from m2f_spec.jsonschema import DRAFT_07, OPENAPI, json_schema
+from m2f_spec.loader import dump_yaml
 
 # m2f_trainer.cli passes the command name first: this module serves two commands.
 MULTI_COMMAND = True
@@ -43,4 +43,4 @@ def main(argv: list[str]) -> int:
         return _validate(rest)
     if command == "schema":
         return _schema(rest)
-    raise UserError(f"m2f_trainer.config.cli serves validate and schema, not {command!r}")
+    raise UserError(f"m2f_spec.cli serves validate and schema, not {command!r}")

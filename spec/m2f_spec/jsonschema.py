@@ -6,9 +6,9 @@ import dataclasses
 import typing
 from typing import Any
 
-from m2f_trainer.config.fields import field_default
-from m2f_trainer.config.loader import SECTION_ALIASES, list_item_type, unwrap_optional
-from m2f_trainer.config.schema import ExperimentConfig
+from m2f_spec.fields import field_default
+from m2f_spec.loader import SECTION_ALIASES, list_item_type, unwrap_optional
+from m2f_spec.schema import ExperimentConfig
 
 OPENAPI = "openapi"
 DRAFT_07 = "draft-07"

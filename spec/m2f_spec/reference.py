@@ -1,4 +1,4 @@
-"""The field reference of docs/spec.md, generated from the schema: `python -m m2f_trainer.config.reference`."""
+"""The field reference of docs/spec.md, generated from the schema: `python -m m2f_spec.reference`."""
 
 from __future__ import annotations
 
@@ -6,9 +6,9 @@ import dataclasses
 import typing
 from typing import Any
 
-from m2f_trainer.config.fields import field_default
-from m2f_trainer.config.loader import allowed_text
-from m2f_trainer.config.schema import ExperimentConfig
+from m2f_spec.fields import field_default
+from m2f_spec.loader import allowed_text
+from m2f_spec.schema import ExperimentConfig
 
 EXTENSION_MARK = "**[ext]**"
 

@@ -5,7 +5,7 @@
 
 from dataclasses import dataclass
 
-from m2f_trainer.config.fields import section, spec_field
+from m2f_spec.fields import section, spec_field
 
 # --------------------------------------------------------------------------------------------- model
 
