@@ -11,6 +11,7 @@ from kubernetes.client.rest import ApiException
 
 from m2f_operator import metrics
 from m2f_operator.builders import meta
+from m2f_operator.builders.scheduling import POD_GROUP_APIS
 from m2f_operator.policies import creation
 from m2f_operator.policies.creation import CreateBlocked
 from m2f_operator.status import Event
@@ -53,18 +54,21 @@ class Cluster:
         """CREATED, EXISTS (ours: its controller is the manifest's owner, by uid), or why it could not be."""
         kind, namespace, name = manifest["kind"], manifest["metadata"]["namespace"], manifest["metadata"]["name"]
         self._count("create", kind.lower() + "s")
-        create, read = {
-            "Pod": (self.core.create_namespaced_pod, self.core.read_namespaced_pod),
-            "Service": (self.core.create_namespaced_service, self.core.read_namespaced_service),
-            "ConfigMap": (self.core.create_namespaced_config_map, self.core.read_namespaced_config_map),
-        }[kind]
+        if manifest["apiVersion"] in POD_GROUP_APIS:
+            create, read = self._custom_object_calls(*POD_GROUP_APIS[manifest["apiVersion"]])
+        else:
+            create, read = {
+                "Pod": (self.core.create_namespaced_pod, self.core.read_namespaced_pod),
+                "Service": (self.core.create_namespaced_service, self.core.read_namespaced_service),
+                "ConfigMap": (self.core.create_namespaced_config_map, self.core.read_namespaced_config_map),
+            }[kind]
         try:
             create(namespace, manifest)
         except ApiException as exc:
             if exc.status != 409:
                 if exc.status is not None and exc.status >= 500 or exc.status in (None, 429):
                     raise  # the API is unwell: kopf's or the resync's retry
-                return creation.refused(kind, name, exc.status, exc.body)
+                return creation.refused(kind, name, exc.status, exc.body, manifest["apiVersion"])
             self._count("get", kind.lower() + "s")
             try:
                 # Raw JSON: only its ownerReferences matter, and typed models reject some servers' replies.
@@ -77,6 +81,16 @@ class Cluster:
                 return EXISTS
             return creation.foreign(kind, name, creation.controller_ref(existing))
         return CREATED
+
+    def _custom_object_calls(self, group: str, version: str, plural: str):
+        """(create, read) shaped like the core API's, for a gang scheduler's PodGroup."""
+        def create(namespace, body):
+            return self.custom.create_namespaced_custom_object(group, version, namespace, plural, body)
+
+        def read(name, namespace, _preload_content=True):
+            return self.custom.get_namespaced_custom_object(group, version, namespace, plural, name,
+                                                            _preload_content=_preload_content)
+        return create, read
 
     def delete_pod(self, namespace: str, name: str, force: bool) -> None:
         self._count("delete", "pods")

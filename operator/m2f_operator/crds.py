@@ -24,6 +24,41 @@ _STRING_MAP = {"type": "object", "additionalProperties": {"type": "string"}}
 _EXIT_CODES = {"type": "array", "items": {"type": "integer", "minimum": 1, "maximum": 255}}
 
 
+_FAILURE_RULE = {
+    "type": "object",
+    "required": ["action"],
+    "properties": {
+        "name": {"type": "string", "maxLength": 63, "description": "Named in the condition when the rule decides."},
+        "action": {"type": "string", "enum": ["FailJob", "RestartGang", "RestartGangIgnoringLimit"]},
+        "onExitCodes": {
+            "type": "object", "required": ["values"],
+            "properties": {"operator": {"type": "string", "enum": ["In", "NotIn"]},
+                           "values": {**_EXIT_CODES, "minItems": 1, "maxItems": 255}},
+        },
+        "onReasons": {"type": "array", "maxItems": 8, "items": {
+            "type": "string", "enum": ["Evicted", "Preempted", "NodeShutdown", "NodeLost", "Deleted"]}},
+        "onPodConditions": {"type": "array", "maxItems": 8, "items": {"type": "string", "maxLength": 316},
+                            "description": "Pod condition types that are True, e.g. DisruptionTarget."},
+    },
+}
+_FAILURE_POLICY = {"type": "object", "properties": {"rules": {"type": "array", "maxItems": 32, "items": _FAILURE_RULE}}}
+
+
+_SCHEDULING = {
+    "type": "object",
+    "properties": {
+        "gang": {"type": "string", "enum": ["none", "kueue", "coscheduling", "volcano"],
+                 "description": "Who admits the gang as one unit (default none: the operator's startup timeout)."},
+        "queueName": {"type": "string", "maxLength": 63,
+                      "description": "Kueue LocalQueue (required with gang kueue) or Volcano queue."},
+        "priorityClassName": {"type": "string", "description": "The pods' (and Volcano PodGroup's) PriorityClass."},
+        "startupTimeoutSeconds": {"type": "integer", "minimum": 0, "description": (
+            "Seconds for every worker to be Running before the gang is deleted and retried with backoff, not "
+            "counted against backoffLimit (default 900 for gangs of several pods with gang none; 0 disables).")},
+    },
+}
+
+
 def _describe(schema: dict, text: str) -> dict:
     return {**schema, "description": text}
 
@@ -83,7 +118,8 @@ def spec_schema(info: KindInfo) -> dict:
         "nodeSelector": _describe(_STRING_MAP, "Pod nodeSelector."),
         "tolerations": _describe(_OBJECT_LIST, "Pod tolerations."),
         "affinity": _describe(_OBJECT, "Pod affinity."),
-        "priorityClassName": _describe({"type": "string"}, "Pod priorityClassName."),
+        "priorityClassName": _describe({"type": "string"}, "Pod priorityClassName (or spec.scheduling.priorityClassName)."),
+        "scheduling": _describe(_SCHEDULING, "Gang admission and startup (docs/scheduling.md)."),
         "schedulerName": _describe({"type": "string"}, "Pod schedulerName (e.g. a gang scheduler)."),
         "serviceAccountName": _describe({"type": "string"}, "Pod ServiceAccount (default: the chart's worker account)."),
         "automountServiceAccountToken": _describe(
@@ -98,6 +134,11 @@ def spec_schema(info: KindInfo) -> dict:
         "backoffLimit": _describe({"type": "integer", "minimum": 0}, "Whole-gang restarts allowed (default 3)."),
         "retryableExitCodes": _describe(_EXIT_CODES, "When set, only these exit codes (and evictions, lost nodes) are retried."),
         "permanentExitCodes": _describe(_EXIT_CODES, "Exit codes that fail at once (2 always does)."),
+        "failurePolicy": _describe(_FAILURE_POLICY, "Rules, in order, from a failed pod to an action; after exit "
+                                                    "code 2 and before the defaults (docs/operator.md)."),
+        "successPolicy": _describe({"type": "string", "enum": ["AllWorkers", "Rank0"]},
+                                   "AllWorkers (default): every worker exits 0; Rank0: worker 0's exit 0 finishes "
+                                   "the job and the others are deleted."),
         "activeDeadlineSeconds": _describe({"type": "integer", "minimum": 1}, "Fail after this long since start/resume."),
         "ttlSecondsAfterFinished": _describe({"type": "integer", "minimum": 0}, "Delete the resource this long after it finished."),
         "cleanPodPolicy": _describe({"type": "string", "enum": ["Running", "All", "None"]},
@@ -149,7 +190,9 @@ def status_schema(info: KindInfo) -> dict:
             "conditions": {"type": "array", "items": condition, "x-kubernetes-list-type": "map",
                            "x-kubernetes-list-map-keys": ["type"]},
             "observedGeneration": {"type": "integer"},
-            "restarts": {"type": "integer"},
+            "restarts": _describe({"type": "integer"}, "Gang restarts made (the current attempt's number)."),
+            "restartsCountTowardsLimit": _describe({"type": "integer"}, "Restarts counted against backoffLimit "
+                                                                        "(disruptions and startup timeouts are not)."),
             "startTime": {"type": "string", "format": "date-time"},
             "completionTime": {"type": "string", "format": "date-time"},
             "workers": {"type": "object", "properties": {k: {"type": "integer"} for k in ("active", "succeeded", "failed")}},

@@ -218,7 +218,8 @@ async def on_resource_event(body: kopf.Body, type: str | None, namespace: str, n
     if phase in st.TERMINAL_PHASES:
         needs_time = spec.get("ttlSecondsAfterFinished") is not None
     else:
-        needs_time = spec.get("activeDeadlineSeconds") is not None or phase in (st.RESTARTING, st.WAITING_FOR_TRAIN)
+        needs_time = (spec.get("activeDeadlineSeconds") is not None or phase in (st.RESTARTING, st.WAITING_FOR_TRAIN)
+                      or "startupStartTime" in status or "nextAttemptTime" in status)
     previous = STATE.known.get(key)
     STATE.known[key] = (phase, needs_time, spec.get("trainRef"))
     metrics.PHASES.observe(body["kind"], namespace, name, phase)

@@ -15,6 +15,7 @@ from datetime import datetime, timedelta
 from m2f_operator import status as st
 from m2f_operator.builders import build_configmap, build_gang, build_service, build_stages, meta
 from m2f_operator.builders.pods import PodDefaults, Stage
+from m2f_operator.builders.scheduling import build_pod_group
 from m2f_operator.builders.stages import engine_path, onnx_path
 from m2f_operator.policies import (
     PodView,
@@ -23,11 +24,13 @@ from m2f_operator.policies import (
     decide_suspend,
     pods_to_clean,
     stage_succeeded,
+    startup,
     ttl_remaining,
     views,
 )
 from m2f_operator.policies.creation import FAILED_CREATE, CreateBlocked
-from m2f_operator.policies.observe import STUCK_TERMINATING_MARGIN, format_time
+from m2f_operator.policies.observe import STUCK_TERMINATING_MARGIN, format_time, parse_time
+from m2f_operator.policies.success import ALL_WORKERS, RANK0
 from m2f_operator.validation import spec_error
 
 # Export stages whose completion is recorded as a condition (the pods may be cleaned up later).
@@ -94,6 +97,9 @@ def reconcile(observed: Observed) -> Plan:
     _Reconciler(observed, spec, status, draft, pods, plan).run()
     if observed.progress is not None and draft.phase == st.RUNNING:
         draft.fields["progress"] = observed.progress
+    # One delete per pod (several steps may doom the same one); a forced one wins.
+    forced = {name for name, force in plan.deletes if force}
+    plan.deletes = [(name, name in forced) for name in dict.fromkeys(name for name, _ in plan.deletes)]
     plan.status_patch = draft.patch_against(status)
     plan.events = draft.events
     plan.phase = draft.phase
@@ -139,6 +145,8 @@ class _Reconciler:
             self._delete(p for p in self.pods if not p.terminating)
             self._delete_stuck(self.pods)
             self.draft.transition(st.SUSPENDED, "Suspended", "spec.suspend is true: the gang is deleted")
+            for key in ("startupStartTime", "nextAttemptTime"):
+                self.draft.fields.pop(key, None)
             self._count_workers([])
             return
         if suspend == "resume":
@@ -172,21 +180,29 @@ class _Reconciler:
             if stage.role in STAGE_CONDITIONS and self.draft.is_true(STAGE_CONDITIONS[stage.role]):
                 continue
             stage_pods = [p for p in current if p.role == stage.role]
-            # 7. Failure policy: permanent -> Failed; otherwise restart the whole gang within backoffLimit.
+            # 7. Success policy: this gang is done (under Rank0, whatever its other workers still do); go on to
+            # the next stage or finish.
+            success_policy = self.spec.get("successPolicy", ALL_WORKERS)
+            if stage_succeeded(stage, stage_pods, success_policy):
+                self._record_stage(stage, stage_pods)
+                if success_policy == RANK0:
+                    # The others may hang in teardown: they hold GPUs, whatever cleanPodPolicy keeps.
+                    self._delete(p for p in stage_pods if p.active)
+                continue
+            # 8. Failure policy: rules from the failed pod to FailJob or a whole-gang restart.
             vanished = self._vanished(stage, stage_pods)
-            decision = decide_failure(self.spec, attempt, stage_pods, self.observed.now, self.observed.stuck_margin,
+            # Restarts after a disruption are attempts too, but do not count against backoffLimit.
+            counted = int(self.draft.fields.get("restartsCountTowardsLimit", attempt))
+            decision = decide_failure(self.spec, counted, stage_pods, self.observed.now, self.observed.stuck_margin,
                                       vanished)
             if decision is not None:
                 self._apply_failure(decision, current, attempt)
                 return
-            # 8. Success policy: this gang is done; go on to the next stage or finish.
-            if stage_succeeded(stage, stage_pods):
-                self._record_stage(stage, stage_pods)
-                continue
             # 9. Create what is missing, then derive the phase from what runs.
             self._run_stage(stage, stage_pods, attempt, waiting_for_stale=bool(stale))
             return
-        self.draft.transition(st.SUCCEEDED, "Succeeded", "all pods exited 0")
+        message = "worker 0 exited 0 (successPolicy Rank0)" if self.spec.get("successPolicy") == RANK0 else "all pods exited 0"
+        self.draft.transition(st.SUCCEEDED, "Succeeded", message)
         self._count_workers(current)
         self._finish_cleanup()
 
@@ -233,6 +249,9 @@ class _Reconciler:
         # Whole-gang restart: every pod of this attempt goes (force where its node is lost); the next
         # reconcile that sees none of them left creates attempt+1, which resumes from the checkpoint.
         self.draft.fields["restarts"] = attempt + 1
+        self.draft.fields.pop("startupStartTime", None)
+        counted = int(self.draft.fields.get("restartsCountTowardsLimit", attempt))
+        self.draft.fields["restartsCountTowardsLimit"] = counted + 1 if decision.counted else counted
         self.draft.transition(st.RESTARTING, decision.reason, f"restart {attempt + 1}: {decision.message}", True)
         self.plan.gang_restarted = True
         for pod in current:
@@ -285,10 +304,15 @@ class _Reconciler:
             return
         present = {p.index for p in stage_pods}
         missing = [i for i in range(stage.replicas) if i not in present]
+        if missing and not stage_pods and self._backing_off():
+            return
         if missing:
             gang = build_gang(body, stage, attempt, self.observed.defaults)
             # ConfigMap and Service are idempotent creates (AlreadyExists is fine): no read needed.
             self.plan.creates += [build_configmap(body, self.observed.defaults.results_root), build_service(body)]
+            pod_group = build_pod_group(body, stage.role, stage.replicas)  # before its pods: the scheduler waits for it
+            if pod_group is not None:
+                self.plan.creates.append(pod_group)
             self.plan.creates += [gang[i] for i in missing]
             self.draft.fields.setdefault("startTime", format_time(self.observed.now))
             if not self.draft.is_true(st.CREATED) or self.draft.phase in (st.PENDING, st.RESTARTING):
@@ -300,7 +324,56 @@ class _Reconciler:
         running = [p for p in stage_pods if p.phase == "Running" and not p.terminating]
         if len(running) == stage.replicas:
             self.draft.transition(st.RUNNING, "AllPodsRunning", f"{stage.replicas} {stage.role} pod(s) running")
+            if self.draft.condition(st.STARTED) is not None:
+                self.draft.set_condition(st.STARTED, True, "AllPodsRunning", "every pod is running")
+            for key in ("startupStartTime", "startupRetries"):
+                self.draft.fields.pop(key, None)
+        elif not missing:
+            self._watch_startup(stage, stage_pods, attempt, len(running))
         self._count_workers(stage_pods, created=len(missing))
+
+    def _backing_off(self) -> bool:
+        """After a startup timeout, the next gang waits for its jittered backoff (policies/startup.py)."""
+        next_at = parse_time(self.draft.fields.get("nextAttemptTime"))
+        if next_at is not None and self.observed.now < next_at:
+            self._count_workers([])
+            return True
+        self.draft.fields.pop("nextAttemptTime", None)
+        return False
+
+    def _watch_startup(self, stage: Stage, stage_pods: list[PodView], attempt: int, running: int) -> None:
+        """A gang not yet running: queued behind a scheduling gate, blocked (reason in the Started condition),
+        or past its startup timeout (deleted and retried later, not counted against backoffLimit)."""
+        if any(p.gated for p in stage_pods):
+            self.draft.transition(st.QUEUED, "WaitingForAdmission",
+                                  f"the {stage.role} pods are held by a scheduling gate until a queue admits them")
+            self.draft.fields.pop("startupStartTime", None)  # queue time is not startup time
+            return
+        if self.draft.phase == st.QUEUED:
+            self.draft.fields["phase"] = st.CREATED
+            self.draft.set_condition(st.QUEUED, False, "Admitted", "the scheduling gates are lifted")
+            self.draft.emit("Admitted", "the scheduling gates are lifted")
+        blocked = startup.not_started(stage_pods)
+        if blocked is not None and blocked.reason in startup.BLOCKING_WAITING_REASONS:  # Unschedulable: Scheduled
+            previous = self.draft.condition(st.STARTED) or {}
+            if previous.get("message") != blocked.message:
+                self.draft.emit(blocked.reason, blocked.message, warning=True)
+            self.draft.set_condition(st.STARTED, False, blocked.reason, blocked.message)
+        since = parse_time(self.draft.fields.setdefault("startupStartTime", format_time(self.observed.now)))
+        timeout = startup.startup_timeout(self.spec, stage.replicas)
+        if timeout is None or (self.observed.now - since).total_seconds() < timeout:
+            return
+        retries = int(self.draft.fields.get("startupRetries", 0))
+        delay = startup.retry_delay(self.observed.body["metadata"].get("uid", ""), retries)
+        why = f": {blocked.message}" if blocked is not None else ""
+        message = (f"{running}/{stage.replicas} {stage.role} pod(s) running after startupTimeoutSeconds {timeout}{why}; "
+                   f"the gang is deleted and retried in {delay:.0f} s (not counted against backoffLimit)")
+        self.draft.fields.update(restarts=attempt + 1, startupRetries=retries + 1,
+                                 nextAttemptTime=format_time(self.observed.now + timedelta(seconds=delay)))
+        self.draft.fields.pop("startupStartTime", None)
+        self.draft.transition(st.RESTARTING, "StartupTimeout", message, warning=True)
+        self.plan.gang_restarted = True
+        self._delete(p for p in stage_pods if not p.terminating)
 
     def _guard_experiment(self) -> None:
         """spec.experiment is immutable. Servers with CEL (1.25+) refuse the edit; older ones store it, so the

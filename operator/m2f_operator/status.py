@@ -20,16 +20,19 @@ INVALID_SPEC = "InvalidSpec"
 WAITING_FOR_TRAIN = "WaitingForTrain"
 EXPERIMENT_CHANGED = "ExperimentChanged"  # a condition: spec.experiment edited where no CEL rule refused it
 SCHEDULED = "Scheduled"  # a condition only: False with the scheduler's message while a pod cannot be placed
+QUEUED = "Queued"  # the gang's pods are held by scheduling gates until a queue manager (Kueue) admits them
+STARTED = "Started"  # a condition only: False with the kubelet's or scheduler's reason while a pod cannot start
 FAILED_CREATE = "FailedCreate"  # the API refused a child; not terminal (a spec edit or the missing object heals)
 TERMINAL_PHASES = frozenset({SUCCEEDED, FAILED})
 
 # Conditions that describe "what is happening now": only one of them is True at a time.
-_EXCLUSIVE = (RUNNING, RESTARTING, SUSPENDED, WAITING_FOR_TRAIN, INVALID_SPEC, FAILED_CREATE)
+_EXCLUSIVE = (RUNNING, RESTARTING, SUSPENDED, WAITING_FOR_TRAIN, INVALID_SPEC, FAILED_CREATE, QUEUED)
 
 # Fields of .status the operator owns (`progress` too: it reads rank 0's metrics itself); `kopf` is kopf's.
 OWNED_FIELDS = (
-    "phase", "message", "conditions", "observedGeneration", "restarts", "startTime",
+    "phase", "message", "conditions", "observedGeneration", "restarts", "restartsCountTowardsLimit", "startTime",
     "completionTime", "workers", "artifacts", "metrics", "progress", "experimentDigest",
+    "startupStartTime", "startupRetries", "nextAttemptTime",
 )
 
 

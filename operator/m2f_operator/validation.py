@@ -4,10 +4,13 @@ from __future__ import annotations
 
 import functools
 import json
+import re
 
 from m2f_operator.builders import meta
 from m2f_operator.builders.pods import processes_per_node
+from m2f_operator.policies import failure, startup
 from m2f_operator.policies.cleanup import CLEAN_POD_POLICIES
+from m2f_operator.policies.success import SUCCESS_POLICIES
 
 TENSORRT_PRECISIONS = ("fp32", "fp16")
 
@@ -40,6 +43,12 @@ def _non_negative_int(spec: dict, key: str, minimum: int = 0) -> str | None:
     return None
 
 
+def _choice(spec: dict, key: str, choices: tuple[str, ...]) -> str | None:
+    if key in spec and spec[key] not in choices:
+        return f"spec.{key}: {spec[key]!r} is not one of {', '.join(choices)}"
+    return None
+
+
 def _exit_codes(spec: dict, key: str) -> str | None:
     codes = spec.get(key)
     if codes is None:
@@ -48,6 +57,70 @@ def _exit_codes(spec: dict, key: str) -> str | None:
         return f"spec.{key}: must be a list of exit codes 1..255, got {codes!r}"
     if key == "retryableExitCodes" and set(codes) & meta.BUILTIN_PERMANENT_EXIT_CODES:
         return f"spec.{key}: exit code 2 means invalid spec/data and is always permanent"
+    return None
+
+
+def _failure_policy_error(spec: dict) -> str | None:
+    policy = spec.get("failurePolicy")
+    if policy is None:
+        return None
+    rules = policy.get("rules") if isinstance(policy, dict) else None
+    if not isinstance(policy, dict) or not isinstance(rules, list):
+        return "spec.failurePolicy: must be an object with a list of rules"
+    for index, rule in enumerate(rules):
+        field = f"spec.failurePolicy.rules[{index}]"
+        if not isinstance(rule, dict):
+            return f"{field}: must be an object"
+        unknown = set(rule) - {"name", "action", "onExitCodes", "onReasons", "onPodConditions"}
+        if unknown:
+            return f"{field}: unknown field(s) {', '.join(sorted(unknown))}"
+        if rule.get("action") not in failure.ACTIONS:
+            return f"{field}.action: {rule.get('action')!r} is not one of {', '.join(failure.ACTIONS)}"
+        codes = rule.get("onExitCodes")
+        if codes is not None:
+            if not isinstance(codes, dict) or codes.get("operator", "In") not in failure.EXIT_CODE_OPERATORS:
+                return f"{field}.onExitCodes.operator: must be one of {', '.join(failure.EXIT_CODE_OPERATORS)}"
+            values = codes.get("values")
+            if not (isinstance(values, list) and values and all(
+                    isinstance(c, int) and not isinstance(c, bool) and 0 < c < 256 for c in values)):
+                return f"{field}.onExitCodes.values: must be a non-empty list of exit codes 1..255, got {values!r}"
+        reasons = rule.get("onReasons")
+        if reasons is not None and (not isinstance(reasons, list) or set(reasons) - set(failure.DISRUPTIONS)):
+            return f"{field}.onReasons: {reasons!r}: each must be one of {', '.join(failure.DISRUPTIONS)}"
+        conditions = rule.get("onPodConditions")
+        if conditions is not None and not (isinstance(conditions, list) and all(isinstance(c, str) and c for c in conditions)):
+            return f"{field}.onPodConditions: must be a list of pod condition types, got {conditions!r}"
+    return None
+
+
+_LABEL_VALUE = re.compile(r"^[a-z0-9]([-a-z0-9.]{0,61}[a-z0-9])?$")
+
+
+def _scheduling_error(spec: dict) -> str | None:
+    scheduling = spec.get("scheduling")
+    if scheduling is None:
+        return None
+    if not isinstance(scheduling, dict):
+        return "spec.scheduling: must be an object"
+    unknown = set(scheduling) - {"gang", "queueName", "priorityClassName", "startupTimeoutSeconds"}
+    if unknown:
+        return f"spec.scheduling: unknown field(s) {', '.join(sorted(unknown))}"
+    gang = scheduling.get("gang", "none")
+    if gang not in startup.GANG_SCHEDULERS:
+        return f"spec.scheduling.gang: {gang!r} is not one of {', '.join(startup.GANG_SCHEDULERS)}"
+    queue = scheduling.get("queueName")
+    if queue is not None and not (isinstance(queue, str) and _LABEL_VALUE.match(queue)):
+        return f"spec.scheduling.queueName: {queue!r} must be a queue name (a DNS label: it becomes a pod label)"
+    if gang == "kueue" and not queue:
+        return "spec.scheduling.queueName: required with gang kueue (the LocalQueue that admits the gang)"
+    error = _non_negative_int(scheduling, "startupTimeoutSeconds")
+    if error:
+        return error.replace("spec.", "spec.scheduling.", 1)
+    priority = scheduling.get("priorityClassName")
+    if priority is not None and not isinstance(priority, str):
+        return f"spec.scheduling.priorityClassName: must be a string, got {priority!r}"
+    if priority and spec.get("priorityClassName") and priority != spec["priorityClassName"]:
+        return "spec.scheduling.priorityClassName: disagrees with spec.priorityClassName; set one of them"
     return None
 
 
@@ -90,6 +163,9 @@ def spec_error(body: dict, experiment_changed: bool = False) -> str | None:
         _non_negative_int(spec, "ttlSecondsAfterFinished"),
         _exit_codes(spec, "permanentExitCodes"),
         _exit_codes(spec, "retryableExitCodes"),
+        _failure_policy_error(spec),
+        _scheduling_error(spec),
+        _choice(spec, "successPolicy", SUCCESS_POLICIES),
     ):
         if check:
             return check

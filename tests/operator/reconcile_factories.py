@@ -41,9 +41,14 @@ def pod(
     reason: str = "",
     deleting_since: timedelta | None = None,
     finished_ago: timedelta | None = None,
+    conditions: dict[str, str] | None = None,
+    waiting: tuple[str, str] | None = None,
+    created_ago: timedelta | None = None,
+    gated: bool = False,
 ) -> dict:
     """A pod as observed; `deleting_since` is how long ago its deletion deadline passed, `finished_ago` how long
-    ago its container terminated."""
+    ago its container terminated, `conditions` True pod conditions by type -> reason (e.g. DisruptionTarget),
+    `waiting` a container's (reason, message) while it cannot start, `gated` a scheduling gate."""
     body = {
         "metadata": {
             "name": meta.pod_name(name, role, index),
@@ -67,6 +72,15 @@ def pod(
             body["status"]["containerStatuses"][0]["state"]["terminated"]["finishedAt"] = iso(NOW - finished_ago)
     if deleting_since is not None:
         body["metadata"]["deletionTimestamp"] = iso(NOW - deleting_since)
+    if conditions:
+        body["status"]["conditions"] = [{"type": t, "status": "True", "reason": r} for t, r in conditions.items()]
+    if waiting is not None:
+        body["status"]["containerStatuses"] = [
+            {"name": "m2f", "state": {"waiting": {"reason": waiting[0], "message": waiting[1]}}}]
+    if created_ago is not None:
+        body["metadata"]["creationTimestamp"] = iso(NOW - created_ago)
+    if gated:
+        body["spec"] = {"schedulingGates": [{"name": "kueue.x-k8s.io/admission"}]}
     return body
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import time
+from pathlib import Path
 
 import pytest
 from operator_harness import BACKENDS, cluster_on, running_operator, wait_for
@@ -328,3 +329,42 @@ def test_rbac_workers_can_write_nothing_and_the_operator_only_what_it_needs(clus
     assert can_i(operator_account, "update", "mask2formertrains", "--subresource=finalizers")
     assert can_i(operator_account, "create", "pods") and can_i(operator_account, "get", "configmaps")
     assert not can_i(operator_account, "update", "pods") and not can_i(operator_account, "get", "secrets")
+
+
+def _install_pod_group_crds(cluster) -> None:
+    """The coscheduling plugin's and Volcano's PodGroup kinds, as their installs would add them (idempotent)."""
+    cluster.kubectl("apply", "-f", str(Path(__file__).parent / "fixtures" / "podgroup-crds.yaml"))
+    cluster.kubectl("wait", "--for=condition=Established", "--timeout=60s",
+                    "crd/podgroups.scheduling.x-k8s.io", "crd/podgroups.scheduling.volcano.sh")
+
+
+@pytest.mark.parametrize(
+    ("scheduling", "group", "labels", "annotations"),
+    [
+        ({"gang": "coscheduling", "startupTimeoutSeconds": 120},
+         ("scheduling.x-k8s.io", "v1alpha1", {"minMember": 2, "scheduleTimeoutSeconds": 120}),
+         {"scheduling.x-k8s.io/pod-group": "run-worker"}, {}),
+        ({"gang": "volcano", "queueName": "research"},
+         ("scheduling.volcano.sh", "v1beta1", {"minMember": 2, "queue": "research"}),
+         {}, {"scheduling.k8s.io/group-name": "run-worker"}),
+        ({"gang": "kueue", "queueName": "team-a"}, None,
+         {"kueue.x-k8s.io/queue-name": "team-a", "kueue.x-k8s.io/pod-group-name": "run-worker-0"},
+         {"kueue.x-k8s.io/pod-group-total-count": "2", "kueue.x-k8s.io/retriable-in-group": "false"}),
+    ],
+)
+def test_gang_schedulers_see_the_gang(cluster, scheduling, group, labels, annotations):
+    _install_pod_group_crds(cluster)
+    ns = cluster.namespace()
+    cluster.create(ns, TRAIN, "run", train_spec(scheduling=scheduling))
+    pods = cluster.wait_pods(ns, ["run-worker-0", "run-worker-1"])
+    for pod in pods:
+        assert labels.items() <= pod.metadata.labels.items()
+        assert annotations.items() <= (pod.metadata.annotations or {}).items()
+    if group is not None:
+        api_group, version, spec = group
+        pod_group = cluster.custom.get_namespaced_custom_object(api_group, version, ns, "podgroups", "run-worker")
+        assert pod_group["spec"] == spec
+        (owner,) = pod_group["metadata"]["ownerReferences"]
+        assert (owner["kind"], owner["name"], owner["controller"]) == (TRAIN, "run", True)
+    if scheduling["gang"] == "volcano":
+        assert {p.spec.scheduler_name for p in pods} == {"volcano"}

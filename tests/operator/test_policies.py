@@ -36,41 +36,96 @@ def test_success(pods, expected):
     assert stage_succeeded(STAGE, views(pods)) is expected
 
 
+DISRUPTED = {"conditions": {"DisruptionTarget": "EvictionByEvictionAPI"}}
+OOM_RULE = {"failurePolicy": {"rules": [{"name": "oom", "action": "FailJob", "onExitCodes": {"values": [137]}}]}}
+
+
 @pytest.mark.parametrize(
     ("spec", "restarts", "pods", "expected"),
     [
         ({}, 0, gang(), None),
         ({}, 0, gang(phase="Pending"), None),
-        ({}, 0, [pod(index=0), pod(index=1, phase="Failed", exit_code=1)], ("restart", "GangRestart")),
-        ({}, 0, [pod(index=0), pod(index=1, phase="Failed", exit_code=137)], ("restart", "GangRestart")),
-        ({}, 0, [pod(index=0), pod(index=1, phase="Failed", reason="Evicted", message="low memory")],
-         ("restart", "GangRestart")),
-        ({}, 0, [pod(index=0), pod(index=1, phase="Failed", exit_code=2, message="error: bad")], ("fail", "PermanentError")),
-        ({"permanentExitCodes": [42]}, 0, [pod(index=0, phase="Failed", exit_code=42)], ("fail", "PermanentError")),
-        ({"retryableExitCodes": [137, 143]}, 0, [pod(index=0, phase="Failed", exit_code=1)], ("fail", "PermanentError")),
-        ({"retryableExitCodes": [137, 143]}, 0, [pod(index=0, phase="Failed", exit_code=143)], ("restart", "GangRestart")),
-        ({"backoffLimit": 2}, 1, [pod(index=0, phase="Failed", exit_code=1)], ("restart", "GangRestart")),
-        ({"backoffLimit": 2}, 2, [pod(index=0, phase="Failed", exit_code=1)], ("fail", "BackoffLimitExceeded")),
-        ({"backoffLimit": 0}, 0, [pod(index=0, phase="Failed", exit_code=1)], ("fail", "BackoffLimitExceeded")),
-        # Terminating within its grace: wait for it; past grace + margin: the node is lost.
+        # Default rules: anything -> RestartGang, counted against backoffLimit.
+        ({}, 0, [pod(index=0), pod(index=1, phase="Failed", exit_code=1)], ("restart", "GangRestart", True)),
+        ({}, 0, [pod(index=0), pod(index=1, phase="Failed", exit_code=137)], ("restart", "GangRestart", True)),
+        ({"backoffLimit": 2}, 1, [pod(index=0, phase="Failed", exit_code=1)], ("restart", "GangRestart", True)),
+        ({"backoffLimit": 2}, 2, [pod(index=0, phase="Failed", exit_code=1)], ("fail", "BackoffLimitExceeded", True)),
+        ({"backoffLimit": 0}, 0, [pod(index=0, phase="Failed", exit_code=1)], ("fail", "BackoffLimitExceeded", True)),
+        # Exit 2 and permanentExitCodes -> FailJob.
+        ({}, 0, [pod(index=0), pod(index=1, phase="Failed", exit_code=2, message="error: bad")],
+         ("fail", "PermanentError", True)),
+        ({"permanentExitCodes": [42]}, 0, [pod(index=0, phase="Failed", exit_code=42)], ("fail", "PermanentError", True)),
+        # retryableExitCodes: any other code fails the job...
+        ({"retryableExitCodes": [137, 143]}, 0, [pod(index=0, phase="Failed", exit_code=1)],
+         ("fail", "PermanentError", True)),
+        ({"retryableExitCodes": [137, 143]}, 0, [pod(index=0, phase="Failed", exit_code=143)],
+         ("restart", "GangRestart", True)),
+        # ...but a drain's SIGTERM (143, the pod deleted by someone else) is a disruption even without 143 listed.
+        ({"retryableExitCodes": [137]}, 0,
+         [pod(index=0, phase="Failed", exit_code=143, deleting_since=timedelta(seconds=-20))],
+         ("restart", "GangRestartIgnoringLimit", False)),
+        # Disruptions -> RestartGangIgnoringLimit, even with backoffLimit reached.
+        ({"backoffLimit": 0}, 0, [pod(index=0), pod(index=1, phase="Failed", reason="Evicted", message="low memory")],
+         ("restart", "GangRestartIgnoringLimit", False)),
+        ({"backoffLimit": 0}, 0, [pod(index=0, phase="Failed", exit_code=143, **DISRUPTED)],
+         ("restart", "GangRestartIgnoringLimit", False)),
+        ({}, 0, [pod(index=0, phase="Failed", exit_code=137, conditions={"DisruptionTarget": "PreemptionByScheduler"})],
+         ("restart", "GangRestartIgnoringLimit", False)),
+        ({}, 0, [pod(index=0, phase="Failed", reason="Shutdown")], ("restart", "GangRestartIgnoringLimit", False)),
+        # Terminating within its grace: wait for it; past grace + margin: the node is lost (a disruption).
         ({}, 0, [pod(index=0), pod(index=1, deleting_since=timedelta(seconds=5))], None),
-        ({}, 0, [pod(index=0), pod(index=1, deleting_since=timedelta(minutes=5))], ("restart", "GangRestart")),
+        ({"backoffLimit": 0}, 0, [pod(index=0), pod(index=1, deleting_since=timedelta(minutes=5))],
+         ("restart", "GangRestartIgnoringLimit", False)),
         ({}, 0, [pod(index=0, phase="Succeeded", deleting_since=timedelta(minutes=5))], None),
+        # User rules come first (after exit 2) and can turn any of the defaults around.
+        (OOM_RULE, 0, [pod(index=0, phase="Failed", exit_code=137)], ("fail", "PermanentError", True)),
+        (OOM_RULE, 0, [pod(index=0, phase="Failed", exit_code=1)], ("restart", "GangRestart", True)),
+        ({"failurePolicy": {"rules": [{"action": "RestartGang", "onReasons": ["Preempted"]}]}, "backoffLimit": 0}, 0,
+         [pod(index=0, phase="Failed", reason="Preempted")], ("fail", "BackoffLimitExceeded", True)),
+        ({"failurePolicy": {"rules": [{"action": "FailJob", "onPodConditions": ["DisruptionTarget"]}]}}, 0,
+         [pod(index=0, phase="Failed", exit_code=143, **DISRUPTED)], ("fail", "PermanentError", True)),
+        ({"failurePolicy": {"rules": [{"action": "RestartGangIgnoringLimit",
+                                       "onExitCodes": {"operator": "NotIn", "values": [1]}}]}, "backoffLimit": 0}, 0,
+         [pod(index=0, phase="Failed", exit_code=75)], ("restart", "GangRestartIgnoringLimit", False)),
+        ({"failurePolicy": {"rules": [{"action": "RestartGangIgnoringLimit", "onExitCodes": {"values": [2]}}]}}, 0,
+         [pod(index=0, phase="Failed", exit_code=2)], ("fail", "PermanentError", True)),  # exit 2 always fails
+        # A rule with exit codes and reasons needs both.
+        ({"failurePolicy": {"rules": [{"action": "FailJob", "onExitCodes": {"values": [137]},
+                                       "onReasons": ["Evicted"]}]}}, 0,
+         [pod(index=0, phase="Failed", exit_code=137)], ("restart", "GangRestart", True)),
     ],
 )
-def test_failure(spec, restarts, pods, expected):
+def test_failure_rules(spec, restarts, pods, expected):
     decision = decide_failure(spec, restarts, views(pods), NOW)
-    assert (decision and (decision.action, decision.reason)) == expected
+    assert (decision and (decision.action, decision.reason, decision.counted)) == expected
 
 
-@pytest.mark.parametrize(
-    ("spec", "restarts", "expected"),
-    [({}, 0, ("restart", "GangRestart")), ({"backoffLimit": 1}, 1, ("fail", "BackoffLimitExceeded"))],
-)
-def test_a_vanished_pod_of_a_running_gang_is_a_failure(spec, restarts, expected):
-    decision = decide_failure(spec, restarts, views([pod(index=0, attempt=restarts)]), NOW, vanished=("run-worker-1",))
-    assert (decision.action, decision.reason) == expected
-    assert "run-worker-1 of the running gang disappeared" in decision.message
+def test_the_cause_decides_unless_a_peer_is_fatal():
+    # A drained worker 0 (SIGTERM: 143) is the cause; worker 1 then lost its rendezvous peer (exit 1). The
+    # restart is the disruption's: not counted against backoffLimit.
+    drained = [pod(index=0, phase="Failed", exit_code=143, finished_ago=timedelta(seconds=9), **DISRUPTED),
+               pod(index=1, phase="Failed", exit_code=1, finished_ago=timedelta(seconds=5))]
+    decision = decide_failure({"backoffLimit": 0}, 0, views(drained), NOW)
+    assert (decision.reason, decision.counted) == ("GangRestartIgnoringLimit", False)
+    assert decision.message.startswith("pod run-worker-0 was disrupted (EvictionByEvictionAPI) and exited with code 143")
+    # Swapped order: worker 1's plain failure came first, so the restart counts.
+    drained[1]["status"]["containerStatuses"][0]["state"]["terminated"]["finishedAt"] = iso(NOW - timedelta(seconds=20))
+    assert decide_failure({"backoffLimit": 1}, 0, views(drained), NOW).reason == "GangRestart"
+    fatal_peer = [pod(index=0, phase="Failed", exit_code=137, finished_ago=timedelta(seconds=9), **DISRUPTED),
+                  pod(index=1, phase="Failed", exit_code=2, message="error: x", finished_ago=timedelta(seconds=5))]
+    decision = decide_failure({}, 0, views(fatal_peer), NOW)
+    assert (decision.action, decision.message) == ("fail", "pod run-worker-1 exited with code 2: error: x")
+
+
+def test_a_named_rule_is_named_in_the_message():
+    decision = decide_failure(OOM_RULE, 0, views([pod(index=0, phase="Failed", exit_code=137)]), NOW)
+    assert decision.message == "pod run-worker-0 exited with code 137 (rule oom)"
+
+
+def test_a_vanished_pod_of_a_running_gang_restarts_it_without_counting():
+    decision = decide_failure({"backoffLimit": 0}, 0, views([pod(index=0)]), NOW, vanished=("run-worker-1",))
+    assert (decision.action, decision.reason, decision.counted) == ("restart", "GangRestartIgnoringLimit", False)
+    assert decision.message.startswith("pod run-worker-1 of the running gang disappeared")
 
 
 def test_failure_message_carries_termination_message_and_forces_lost_pods():
@@ -143,3 +198,13 @@ MIXED = [pod(index=0, phase="Succeeded"), pod(index=1, phase="Running"), pod(ind
 def test_cleanup(policy, expected):
     spec = {} if policy is None else {"cleanPodPolicy": policy}
     assert pods_to_clean(spec, views(MIXED)) == expected
+
+
+def test_startup_retry_delay_is_exponential_capped_and_jittered_per_resource():
+    from m2f_operator.policies.startup import BACKOFF_BASE_SECONDS, BACKOFF_CAP_SECONDS, retry_delay
+
+    for retries in range(8):
+        nominal = min(BACKOFF_BASE_SECONDS * 2**retries, BACKOFF_CAP_SECONDS)
+        assert 0.5 * nominal <= retry_delay("uid-a", retries) < 1.5 * nominal
+    assert retry_delay("uid-a", 0) == retry_delay("uid-a", 0)  # a pure function of its inputs
+    assert len({round(retry_delay(f"uid-{i}", 0), 3) for i in range(20)}) == 20  # jobs retry apart

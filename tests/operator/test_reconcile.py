@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import copy
 import json
-from datetime import timedelta
+from datetime import datetime, timedelta
 
 import pytest
 from reconcile_factories import NOW, gang, iso, pod, resource
@@ -130,6 +130,37 @@ def test_backoff_limit_is_never_exceeded():
     assert condition(final, "Failed")["reason"] == "BackoffLimitExceeded"
 
 
+def test_a_disruption_restarts_without_counting_against_the_backoff_limit():
+    body = applied(resource(nodes=2, backoffLimit=0), run(resource(nodes=2, backoffLimit=0)))
+    evicted = [pod(index=0), pod(index=1, phase="Failed", exit_code=143,
+                                 conditions={"DisruptionTarget": "EvictionByEvictionAPI"})]
+    body = applied(body, run(body, evicted))
+    assert body["status"]["phase"] == "Restarting"
+    assert (body["status"]["restarts"], body["status"]["restartsCountTowardsLimit"]) == (1, 0)
+    assert condition(body, "Restarting")["reason"] == "GangRestartIgnoringLimit"
+    # The next plain failure is the first counted one: backoffLimit 0 fails the job.
+    plan = run(body, [pod(index=0, attempt=1), pod(index=1, attempt=1, phase="Failed", exit_code=1)])
+    assert plan.phase == "Failed" and condition(applied(body, plan), "Failed")["reason"] == "BackoffLimitExceeded"
+
+
+@pytest.mark.parametrize(
+    ("policy", "worker1", "expected_phase", "deletes"),
+    [
+        ("Rank0", "Running", "Succeeded", [("run-worker-1", False)]),  # hung in teardown: deleted
+        ("Rank0", "Failed", "Succeeded", []),  # failed after rank 0 finished: the job is done
+        ("AllWorkers", "Running", "Running", []),
+        ("AllWorkers", "Failed", "Restarting", [("run-worker-0", False), ("run-worker-1", False)]),
+    ],
+)
+def test_success_policy(policy, worker1, expected_phase, deletes):
+    body = applied(resource(nodes=2, successPolicy=policy), run(resource(nodes=2, successPolicy=policy)))
+    body = applied(body, run(body, gang()))
+    pods = [pod(index=0, phase="Succeeded", exit_code=0), pod(index=1, phase=worker1, exit_code=1 if worker1 == "Failed" else None)]
+    plan = run(body, pods)
+    assert plan.phase == expected_phase
+    assert sorted(plan.deletes) == deletes
+
+
 def test_stuck_terminating_pod_restarts_the_gang_with_force():
     body = applied(resource(nodes=2), run(resource(nodes=2)))
     plan = run(body, [pod(index=0), pod(index=1, deleting_since=timedelta(minutes=3))])
@@ -175,6 +206,17 @@ def test_ttl_after_finished(ttl, after, deleted):
         ({"retryableExitCodes": [2]}, "spec.retryableExitCodes"),
         ({"nodes": 2, "experiment": {"train": {"num_nodes": 3}}}, "spec.experiment.train.num_nodes"),
         ({"gpusPerNode": 8, "experiment": {"train": {"num_gpus": 4}}}, "spec.experiment.train.num_gpus"),
+        ({"successPolicy": "AnyWorker"}, "spec.successPolicy"),
+        ({"failurePolicy": {"rules": "FailJob"}}, "spec.failurePolicy"),
+        ({"failurePolicy": {"rules": [{"action": "Ignore"}]}}, "spec.failurePolicy.rules[0].action"),
+        ({"failurePolicy": {"rules": [{"action": "FailJob"}, {"action": "FailJob", "onExitCodes": {"values": []}}]}},
+         "spec.failurePolicy.rules[1].onExitCodes.values"),
+        ({"failurePolicy": {"rules": [{"action": "FailJob", "onExitCodes": {"operator": "Gt", "values": [1]}}]}},
+         "spec.failurePolicy.rules[0].onExitCodes.operator"),
+        ({"failurePolicy": {"rules": [{"action": "FailJob", "onReasons": ["OOMKilled"]}]}},
+         "spec.failurePolicy.rules[0].onReasons"),
+        ({"failurePolicy": {"rules": [{"action": "FailJob", "onExitCode": {"values": [1]}}]}},
+         "spec.failurePolicy.rules[0]: unknown field(s) onExitCode"),
     ],
 )
 def test_invalid_spec_names_the_field_and_creates_nothing(spec, field):
@@ -311,3 +353,76 @@ def test_an_experiment_edit_that_a_server_without_cel_stored_never_stops_the_job
     assert plan.phase == "Running" and plan.deletes == [] and plan.invalid_spec is None
     changed = condition(applied(edited, plan), "ExperimentChanged")
     assert changed["status"] == "True" and [e.reason for e in plan.events] == ["ExperimentImmutable"]
+
+
+def _started_gang(timeout: int | None = 60, **spec) -> dict:
+    scheduling = {} if timeout is None else {"scheduling": {"startupTimeoutSeconds": timeout}}
+    body = resource(nodes=2, **scheduling, **spec)
+    return applied(body, run(body))
+
+
+def test_a_gang_not_running_within_its_startup_timeout_is_deleted_and_retried_after_a_backoff():
+    message = "0/2 nodes are available: 2 Insufficient nvidia.com/gpu."
+    pods = [pod(index=0), _unschedulable(pod(index=1, phase="Pending"), message)]
+    body = applied(_started_gang(), run(_started_gang(), pods))
+    assert body["status"]["startupStartTime"] == iso(NOW)
+    assert run(body, pods, now=NOW + timedelta(seconds=59)).deletes == []
+    plan = run(body, pods, now=NOW + timedelta(seconds=60))
+    timed_out = applied(body, plan)
+    status = timed_out["status"]
+    assert plan.phase == "Restarting" and sorted(plan.deletes) == [("run-worker-0", False), ("run-worker-1", False)]
+    assert condition(timed_out, "Restarting")["reason"] == "StartupTimeout"
+    assert condition(timed_out, "Restarting")["message"].startswith(
+        f"1/2 worker pod(s) running after startupTimeoutSeconds 60: pod run-worker-1: {message}")
+    assert (status["restarts"], status.get("restartsCountTowardsLimit", 0), status["startupRetries"]) == (1, 0, 1)
+    assert ("Warning", "StartupTimeout") in [(e.type, e.reason) for e in plan.events]
+    # The next gang waits for the jittered backoff (7.5 to 22.5 s after the first timeout), then starts.
+    next_at = datetime.fromisoformat(status["nextAttemptTime"].replace("Z", "+00:00"))
+    assert timedelta(seconds=67) <= next_at - NOW <= timedelta(seconds=83)
+    assert run(timed_out, [], now=next_at - timedelta(seconds=1)).creates == []
+    recreated = run(timed_out, [], now=next_at)
+    assert [p["metadata"]["labels"]["mask2former.io/attempt"] for p in recreated.creates if p["kind"] == "Pod"] == ["1", "1"]
+    assert "nextAttemptTime" not in applied(timed_out, recreated)["status"]
+
+
+@pytest.mark.parametrize(
+    ("spec", "nodes", "times_out"),
+    [
+        ({}, 2, True),  # default: 900 s for a gang of several pods without a gang scheduler
+        ({}, 1, False),  # one pod cannot deadlock
+        ({"scheduling": {"startupTimeoutSeconds": 0}}, 2, False),  # disabled
+        ({"scheduling": {"gang": "coscheduling"}}, 2, False),  # the gang scheduler places all or nothing
+        ({"scheduling": {"gang": "coscheduling", "startupTimeoutSeconds": 900}}, 2, True),
+    ],
+)
+def test_startup_timeout_defaults(spec, nodes, times_out):
+    body = applied(resource(nodes=nodes, **spec), run(resource(nodes=nodes, **spec)))
+    pods = [pod(index=i, phase="Pending") for i in range(nodes)]
+    body = applied(body, run(body, pods))
+    assert (run(body, pods, now=NOW + timedelta(seconds=900)).phase == "Restarting") is times_out
+
+
+def test_a_container_that_cannot_start_is_a_condition_with_the_kubelets_reason():
+    body = _started_gang(timeout=None)
+    pods = [pod(index=0), pod(index=1, phase="Pending", waiting=("ImagePullBackOff", 'Back-off pulling image "nope"'))]
+    plan = run(body, pods)
+    started = condition(plan.status_patch, "Started")
+    assert (started["status"], started["reason"]) == ("False", "ImagePullBackOff")
+    assert started["message"] == 'pod run-worker-1: ImagePullBackOff: Back-off pulling image "nope"'
+    assert [(e.type, e.reason) for e in plan.events] == [("Warning", "ImagePullBackOff")]
+    assert run(applied(body, plan), pods).events == []  # while it lasts: no new Event
+    running = run(applied(body, plan), gang())
+    assert condition(applied(body, running), "Started")["status"] == "True" and running.phase == "Running"
+
+
+def test_gated_pods_are_queued_and_queue_time_is_not_startup_time():
+    body = _started_gang(timeout=60)
+    gated = [pod(index=i, phase="Pending", gated=True) for i in range(2)]
+    plan = run(body, gated, now=NOW + timedelta(seconds=3600))
+    queued = applied(body, plan)
+    assert plan.phase == "Queued" and condition(queued, "Queued")["reason"] == "WaitingForAdmission"
+    assert "startupStartTime" not in queued["status"]
+    admitted_at = NOW + timedelta(seconds=3700)
+    admitted = applied(queued, run(queued, [pod(index=i, phase="Pending") for i in range(2)], now=admitted_at))
+    assert admitted["status"]["phase"] == "Created" and condition(admitted, "Queued")["status"] == "False"
+    assert admitted["status"]["startupStartTime"] == iso(admitted_at)

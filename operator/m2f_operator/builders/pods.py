@@ -5,7 +5,7 @@ from __future__ import annotations
 import copy
 from dataclasses import dataclass, field
 
-from m2f_operator.builders import meta
+from m2f_operator.builders import meta, scheduling
 
 
 @dataclass(frozen=True)
@@ -31,7 +31,7 @@ class Stage:
     overrides: tuple[str, ...] = field(default=())
 
 
-_POD_TEMPLATE_FIELDS = ("nodeSelector", "tolerations", "affinity", "priorityClassName", "schedulerName")
+_POD_TEMPLATE_FIELDS = ("nodeSelector", "tolerations", "affinity")
 
 _DEFAULT_POD_SECURITY = {
     "runAsNonRoot": True,
@@ -90,15 +90,18 @@ def build_pod(body: dict, stage: Stage, index: int, attempt: int, defaults: PodD
     spec = body["spec"]
     name = body["metadata"]["name"]
     pod_name = meta.pod_name(name, stage.role, index)
+    gang_labels, gang_annotations = scheduling.pod_metadata(body, stage.role, stage.replicas, attempt)
     labels = {
         **spec.get("podLabels", {}),  # reserved keys are refused by validation and overridden here
+        **gang_labels,
         meta.LABEL_ROLE: stage.role,
         meta.LABEL_REPLICA_INDEX: str(index),
         meta.LABEL_ATTEMPT: str(attempt),
     }
     metadata = meta.child_metadata(body, pod_name, labels)
-    if spec.get("podAnnotations"):
-        metadata["annotations"] = dict(spec["podAnnotations"])
+    annotations = {**spec.get("podAnnotations", {}), **gang_annotations}
+    if annotations:
+        metadata["annotations"] = annotations
 
     container = {
         "name": "m2f",
@@ -142,6 +145,10 @@ def build_pod(body: dict, stage: Stage, index: int, attempt: int, defaults: PodD
     for key in _POD_TEMPLATE_FIELDS:
         if spec.get(key):
             pod_spec[key] = copy.deepcopy(spec[key])
+    for key, value in (("priorityClassName", scheduling.priority_class(spec)),
+                       ("schedulerName", scheduling.scheduler_name(spec))):
+        if value:
+            pod_spec[key] = value
     if spec.get("imagePullSecrets"):
         pod_spec["imagePullSecrets"] = copy.deepcopy(spec["imagePullSecrets"])
     return {"apiVersion": "v1", "kind": "Pod", "metadata": metadata, "spec": pod_spec}

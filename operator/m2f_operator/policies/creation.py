@@ -38,8 +38,11 @@ def api_message(body: object, status: int | None) -> str:
     return f"{status}: {message or text.strip() or 'no message'}"
 
 
-def refused(kind: str, name: str, status: int | None, body: object) -> CreateBlocked:
+def refused(kind: str, name: str, status: int | None, body: object, api_version: str = "v1") -> CreateBlocked:
     message = api_message(body, status)
+    if status == 404 and api_version != "v1":
+        # The API does not serve this kind: its gang scheduler is not installed. Installing it heals (retried).
+        message += f" ({api_version} is not served: is its gang scheduler installed? see spec.scheduling.gang)"
     # 400/422: the object itself is invalid (e.g. a duplicate volume name); waiting cannot fix it.
     permanent = status in (400, 422)
     return CreateBlocked(kind, name, FAILED_CREATE, f"{kind} {name} was rejected: {message}", retry=not permanent)

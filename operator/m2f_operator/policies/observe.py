@@ -43,12 +43,22 @@ class PodView:
     finished_at: datetime | None = None
     # The scheduler's word on a pod it could not place (PodScheduled=False): "Unschedulable", "0/2 nodes ...".
     unschedulable: str = ""
+    conditions: frozenset[str] = frozenset()  # pod condition types that are True (e.g. DisruptionTarget)
+    disruption_reason: str = ""  # the DisruptionTarget condition's reason (Kubernetes 1.26+)
+    created_at: datetime | None = None
+    # Why a container cannot start yet (ImagePullBackOff, CreateContainerConfigError, ...) and the kubelet's words.
+    waiting_reason: str = ""
+    waiting_message: str = ""
+    gated: bool = False  # held by a scheduling gate (a queue manager such as Kueue has not admitted it)
 
     @classmethod
     def of(cls, pod: dict) -> PodView:
         metadata, status = pod.get("metadata", {}), pod.get("status") or {}
         labels = metadata.get("labels") or {}
         exit_code, message, finished_at = None, status.get("message", ""), None
+        conditions = [c for c in status.get("conditions") or [] if c.get("status") == "True"]
+        waiting = next(((c.get("state") or {}).get("waiting") for c in status.get("containerStatuses") or []
+                        if (c.get("state") or {}).get("waiting")), None) or {}
         for container in status.get("containerStatuses") or []:
             terminated = (container.get("state") or {}).get("terminated")
             if terminated:
@@ -70,6 +80,12 @@ class PodView:
             unschedulable=next((c.get("message") or c.get("reason") or "unschedulable"
                                 for c in status.get("conditions") or []
                                 if c.get("type") == "PodScheduled" and c.get("status") == "False"), ""),
+            conditions=frozenset(c["type"] for c in conditions if c.get("type")),
+            disruption_reason=next((c.get("reason", "") for c in conditions if c.get("type") == "DisruptionTarget"), ""),
+            created_at=parse_time(metadata.get("creationTimestamp")),
+            waiting_reason=waiting.get("reason", ""),
+            waiting_message=(waiting.get("message") or "").strip(),
+            gated=bool((pod.get("spec") or {}).get("schedulingGates")),
         )
 
     @property
