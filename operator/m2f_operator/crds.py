@@ -193,6 +193,11 @@ def status_schema(info: KindInfo) -> dict:
             "restarts": _describe({"type": "integer"}, "Gang restarts made (the current attempt's number)."),
             "restartsCountTowardsLimit": _describe({"type": "integer"}, "Restarts counted against backoffLimit "
                                                                         "(disruptions and startup timeouts are not)."),
+            "startupStartTime": _describe({"type": "string", "format": "date-time"},
+                                          "Since when the current gang waits for all its workers to run."),
+            "startupRetries": _describe({"type": "integer"}, "Startup timeouts in a row (the backoff's exponent)."),
+            "nextAttemptTime": _describe({"type": "string", "format": "date-time"},
+                                         "After a startup timeout: when the next gang is created."),
             "startTime": {"type": "string", "format": "date-time"},
             "completionTime": {"type": "string", "format": "date-time"},
             "workers": {"type": "object", "properties": {k: {"type": "integer"} for k in ("active", "succeeded", "failed")}},

@@ -76,6 +76,10 @@ def test_crd_is_valid_structural_and_complete(info):
     assert experiment["x-kubernetes-validations"][0]["rule"] == "self == oldSelf"
     assert "x-kubernetes-validations" not in spec["properties"]["suspend"]
     assert schema["properties"]["status"]["properties"]["kopf"]["x-kubernetes-preserve-unknown-fields"] is True
+    # A real API server prunes undeclared status fields: every field the operator writes must be declared.
+    from m2f_operator.status import OWNED_FIELDS
+
+    assert set(OWNED_FIELDS) <= set(schema["properties"]["status"]["properties"])
     # Structural-schema rules the API server enforces on CRDs.
     for path, node in _walk(schema):
         if "properties" in node:

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import time
 from pathlib import Path
 
 import pytest
+from kubernetes.client.rest import ApiException
 from operator_harness import BACKENDS, cluster_on, running_operator, wait_for
 from reconcile_factories import TINY_EXPERIMENT
 
@@ -368,3 +370,73 @@ def test_gang_schedulers_see_the_gang(cluster, scheduling, group, labels, annota
         assert (owner["kind"], owner["name"], owner["controller"]) == (TRAIN, "run", True)
     if scheduling["gang"] == "volcano":
         assert {p.spec.scheduler_name for p in pods} == {"volcano"}
+
+
+def _gpu_node(name: str) -> dict:
+    capacity = {"cpu": "64", "memory": "256Gi", "pods": "110", meta.GPU_RESOURCE: "8"}
+    return {"metadata": {"name": name}, "status": {"capacity": capacity, "allocatable": capacity, "conditions": [
+        {"type": "Ready", "status": "True", "reason": "KubeletReady", "message": "fake"}]}}
+
+
+def test_two_jobs_each_holding_one_of_two_gpu_nodes_both_finish(cluster):
+    """Two 2-node x 8-GPU jobs on two 8-GPU nodes, each placed half (a partial-gang deadlock, forced by
+    cordoning): the startup timeout deletes the gangs, their jittered retries come apart, both finish."""
+    if cluster.backend == "emulator":
+        pytest.skip("the emulator's binding ignores resource requests; capacity is the real kube-scheduler's")
+    ns, gpus = cluster.namespace(), {"limits": {meta.GPU_RESOURCE: "8"}, "requests": {meta.GPU_RESOURCE: "8"}}
+    # Processes stay on CPU (gpusPerNode 0); the scheduler sees 8 GPUs per pod through resources.
+    # 15 s: longer than the cordon dance below takes, so each gang is still half placed when the dance ends.
+    spec = train_spec(resources=gpus, backoffLimit=0, scheduling={"startupTimeoutSeconds": 15})
+    cluster.core.create_node(_gpu_node("node-b"))
+    cluster.core.patch_node("node-b", {"spec": {"taints": None}})
+
+    def cordon(node: str, unschedulable: bool) -> None:
+        cluster.core.patch_node(node, {"spec": {"unschedulable": unschedulable}})
+
+    def bound(job: str) -> dict[str, str]:
+        return {p.metadata.name: p.spec.node_name for p in cluster.pods(ns)
+                if p.metadata.labels[meta.LABEL_JOB_NAME] == job and p.spec.node_name and not p.metadata.deletion_timestamp}
+
+    try:
+        cordon("node-b", True)
+        cluster.create(ns, TRAIN, "big-a", spec)
+        wait_for(lambda: set(bound("big-a").values()) == {"node-a"} or None, 30, "big-a half placed on node-a")
+        cordon("node-a", True)
+        cordon("node-b", False)
+        cluster.create(ns, TRAIN, "big-b", spec)
+        wait_for(lambda: set(bound("big-b").values()) == {"node-b"} or None, 30, "big-b half placed on node-b")
+        cordon("node-a", False)
+
+        def kubelet_step():
+            # The test is the kubelet: bound pods run; a gang with every worker running finishes.
+            pods = [p for p in cluster.pods(ns) if not p.metadata.deletion_timestamp]
+            with contextlib.suppress(ApiException):  # a pod the operator deleted meanwhile
+                for pod in pods:
+                    if pod.spec.node_name and pod.status.phase == "Pending":
+                        cluster.set_pod(ns, pod.metadata.name, "Running")
+                for job in ("big-a", "big-b"):
+                    gang = [p for p in pods if p.metadata.labels[meta.LABEL_JOB_NAME] == job]
+                    if len(gang) == 2 and all(p.status.phase == "Running" for p in gang):
+                        for pod in gang:
+                            cluster.set_pod(ns, pod.metadata.name, "Succeeded", exit_code=0)
+            phases = [(cluster.get(ns, TRAIN, job).get("status") or {}).get("phase") for job in ("big-a", "big-b")]
+            return phases if phases == ["Succeeded", "Succeeded"] else None
+
+        def report() -> str:
+            statuses = {job: cluster.status(ns, TRAIN, job) for job in ("big-a", "big-b")}
+            pods = [(p.metadata.name, p.metadata.labels.get(meta.LABEL_ATTEMPT), p.spec.node_name, p.status.phase)
+                    for p in cluster.pods(ns)]
+            return json.dumps({"statuses": statuses, "pods": pods}, indent=1, default=str)[-6000:]
+
+        wait_for(kubelet_step, 240, "both jobs Succeeded", report, interval=0.5)
+    finally:
+        cordon("node-a", False)
+        cluster.core.delete_node("node-b")
+    timeouts = [(job, reason) for job in ("big-a", "big-b") for _, reason in cluster.events(ns, job)
+                if reason == "StartupTimeout"]
+    assert timeouts, "the deadlock was never broken by a startup timeout"
+    for job in ("big-a", "big-b"):
+        status = cluster.status(ns, TRAIN, job)
+        assert status.get("restartsCountTowardsLimit", 0) == 0, status  # backoffLimit 0 and still Succeeded
+    messages = [e.message for e in cluster.core.list_namespaced_event(ns).items if e.reason == "StartupTimeout"]
+    assert any("Insufficient nvidia.com/gpu" in m for m in messages), messages
