@@ -107,7 +107,7 @@ def crd_experiment_schema() -> dict:
 def spec_schema(info: KindInfo) -> dict:
     properties = {
         "experiment": _describe(crd_experiment_schema(), "The trainer's experiment spec (see `m2f schema`). Immutable."),
-        "image": _describe({"type": "string"}, "Trainer image (default: the operator's trainer image)."),
+        "image": _describe({"type": "string", "maxLength": 512}, "Trainer image (default: the operator's trainer image)."),
         "gpusPerNode": _describe({"type": "integer", "minimum": 0},
                                  "GPUs (processes) per node; 0 runs one CPU process per node."),
         "resources": _describe(_OBJECT, "Container resources (requests/limits); nvidia.com/gpu is added from gpusPerNode."),
@@ -162,12 +162,24 @@ def spec_schema(info: KindInfo) -> dict:
                 "workspaceMiB": {"type": "integer", "minimum": 1},
             },
         }, "TensorRT engine build on the trt-builder image with one GPU.")
-    schema = {"type": "object", "required": ["experiment"], "properties": properties}
+    schema = {"type": "object", "required": ["experiment"], "properties": properties,
+              "x-kubernetes-validations": [gang_shape_rule(info)]}
     if info.task == "export":
-        schema["x-kubernetes-validations"] = [
-            {"rule": "has(self.trainRef) != has(self.checkpoint)", "message": "set exactly one of trainRef and checkpoint"}
-        ]
+        schema["x-kubernetes-validations"].append(
+            {"rule": "has(self.trainRef) != has(self.checkpoint)", "message": "set exactly one of trainRef and checkpoint"})
     return schema
+
+
+def gang_shape_rule(info: KindInfo) -> dict:
+    """The gang's scalar shape changes only while suspended (before or after the edit). `resources` is left to
+    the operator (reconcile.SHAPE_FIELDS), which also enforces all of it where the server has no CEL: comparing
+    a free-form object would blow the API server's static cost estimate."""
+    defaults = {"nodes": "1", "gpusPerNode": "0", "image": "''"} if info.task == "train" else {"gpusPerNode": "0", "image": "''"}
+    same = " && ".join(f"(has(self.{key}) ? self.{key} : {default}) == (has(oldSelf.{key}) ? oldSelf.{key} : {default})"
+                       for key, default in defaults.items())
+    fields = ", ".join(f"spec.{key}" for key in defaults)
+    return {"rule": f"(has(self.suspend) && self.suspend) || (has(oldSelf.suspend) && oldSelf.suspend) || ({same})",
+            "message": f"{fields} change only while suspended (set spec.suspend: true, edit, then resume)"}
 
 
 def status_schema(info: KindInfo) -> dict:
@@ -198,6 +210,8 @@ def status_schema(info: KindInfo) -> dict:
             "startupRetries": _describe({"type": "integer"}, "Startup timeouts in a row (the backoff's exponent)."),
             "nextAttemptTime": _describe({"type": "string", "format": "date-time"},
                                          "After a startup timeout: when the next gang is created."),
+            "gangShape": _describe(_OBJECT, "The gang's shape in use (nodes, gpusPerNode, image, resources): "
+                                            "edits apply only while suspended."),
             "startTime": {"type": "string", "format": "date-time"},
             "completionTime": {"type": "string", "format": "date-time"},
             "workers": {"type": "object", "properties": {k: {"type": "integer"} for k in ("active", "succeeded", "failed")}},

@@ -33,6 +33,8 @@ from m2f_operator.policies.observe import STUCK_TERMINATING_MARGIN, format_time,
 from m2f_operator.policies.success import ALL_WORKERS, RANK0
 from m2f_operator.validation import spec_error
 
+# What defines a gang: editable only while suspended (or before any pod runs).
+SHAPE_FIELDS = ("nodes", "gpusPerNode", "image", "resources")
 # Export stages whose completion is recorded as a condition (the pods may be cleaned up later).
 STAGE_CONDITIONS = {"onnx": "OnnxExported", "trt": "EngineBuilt"}
 
@@ -114,6 +116,8 @@ class _Reconciler:
     draft: st.StatusDraft
     pods: list[PodView]
     plan: Plan
+    # The resource as its pods are built: its gang shape is the recorded one until the job is suspended.
+    body: dict = field(default_factory=dict)
 
     def run(self) -> None:
         # 1. A spec that cannot run: say which field, run nothing, never retry.
@@ -130,6 +134,7 @@ class _Reconciler:
         if self.draft.phase == st.INVALID_SPEC:
             self.draft.transition(st.PENDING, "SpecFixed", "the spec is valid again")
         self._guard_experiment()
+        self.body = self._guard_gang_shape()
         if self.draft.phase == st.FAILED_CREATE:
             # Written only if the creates succeed this time; otherwise blocked_creation replaces the status.
             self.draft.transition(st.PENDING, "CreateRetried", "the children could be created")
@@ -157,7 +162,7 @@ class _Reconciler:
         checkpoint, ready = self._export_source()
         if not ready:
             return
-        stages = build_stages(self.observed.body, self.observed.defaults, checkpoint)
+        stages = build_stages(self.body, self.observed.defaults, checkpoint)
         self._record_results_dir()
 
         # 5. activeDeadlineSeconds since the (last resumed) start.
@@ -297,7 +302,7 @@ class _Reconciler:
             self.draft.emit(condition, f"{stage.task} wrote {path}")
 
     def _run_stage(self, stage: Stage, stage_pods: list[PodView], attempt: int, waiting_for_stale: bool) -> None:
-        body = self.observed.body
+        body = self.body
         if waiting_for_stale:
             # Still Restarting: the previous gang has not released its names yet.
             self._count_workers(stage_pods)
@@ -385,6 +390,30 @@ class _Reconciler:
                        "experiment it was created with; create a new resource to run the edited one")
             self.draft.set_condition(st.EXPERIMENT_CHANGED, True, "Immutable", message)
             self.draft.emit("ExperimentImmutable", message, warning=True)
+
+    def _guard_gang_shape(self) -> dict:
+        """The gang's shape (nodes, gpusPerNode, image, resources) changes only while suspended, or before the
+        first gang exists: an edit while pods run would start workers of another WORLD_SIZE beside the old ones. Where
+        CEL did not refuse it (servers before 1.25, or `resources`), the job keeps its recorded shape and says so;
+        the edit applies once the job is suspended."""
+        shape = {key: self.spec[key] for key in SHAPE_FIELDS if key in self.spec}
+        recorded = self.draft.fields.get("gangShape")
+        # Not started yet (or its creates refused): nothing runs that the edit could contradict.
+        idle = self.draft.phase == st.SUSPENDED or (
+            self.draft.phase in (st.PENDING, st.WAITING_FOR_TRAIN, st.FAILED_CREATE) and not self.pods)
+        if recorded is None or recorded == shape or idle:
+            self.draft.fields["gangShape"] = shape
+            if self.draft.is_true(st.SHAPE_CHANGED):
+                self.draft.set_condition(st.SHAPE_CHANGED, False, "Applied", "the edited gang shape is in use")
+            return self.observed.body
+        if not self.draft.is_true(st.SHAPE_CHANGED):
+            edited = ", ".join(f"spec.{key}" for key in SHAPE_FIELDS if recorded.get(key) != shape.get(key))
+            message = (f"{edited} changed while the gang runs: it keeps its shape until suspended "
+                       "(spec.suspend: true applies the edit; resuming starts the new gang from the checkpoint)")
+            self.draft.set_condition(st.SHAPE_CHANGED, True, "ImmutableWhileRunning", message)
+            self.draft.emit("GangShapeImmutable", message, warning=True)
+        spec = {key: value for key, value in self.spec.items() if key not in SHAPE_FIELDS}
+        return {**self.observed.body, "spec": {**spec, **recorded}}
 
     def _record_scheduling(self, stage_pods: list[PodView]) -> None:
         """While the scheduler cannot place a pod, its message is the Scheduled=False condition (e.g. "0/2 nodes

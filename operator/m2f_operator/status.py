@@ -19,6 +19,7 @@ FAILED = "Failed"
 INVALID_SPEC = "InvalidSpec"
 WAITING_FOR_TRAIN = "WaitingForTrain"
 EXPERIMENT_CHANGED = "ExperimentChanged"  # a condition: spec.experiment edited where no CEL rule refused it
+SHAPE_CHANGED = "GangShapeChanged"  # a condition: the shape was edited while pods ran (kept until suspended)
 SCHEDULED = "Scheduled"  # a condition only: False with the scheduler's message while a pod cannot be placed
 QUEUED = "Queued"  # the gang's pods are held by scheduling gates until a queue manager (Kueue) admits them
 STARTED = "Started"  # a condition only: False with the kubelet's or scheduler's reason while a pod cannot start
@@ -32,7 +33,7 @@ _EXCLUSIVE = (RUNNING, RESTARTING, SUSPENDED, WAITING_FOR_TRAIN, INVALID_SPEC, F
 OWNED_FIELDS = (
     "phase", "message", "conditions", "observedGeneration", "restarts", "restartsCountTowardsLimit", "startTime",
     "completionTime", "workers", "artifacts", "metrics", "progress", "experimentDigest",
-    "startupStartTime", "startupRetries", "nextAttemptTime",
+    "startupStartTime", "startupRetries", "nextAttemptTime", "gangShape",
 )
 
 

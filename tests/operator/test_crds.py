@@ -129,3 +129,47 @@ def test_crd_schema_rejects_a_wrong_example():
            "spec": {"experiment": {"model": {"mode": "bogus"}}, "nodes": 0}}
     with pytest.raises(jsonschema.ValidationError):
         jsonschema.validate(bad, schema)
+
+
+def _cel(rule: str, new: dict, old: dict | None = None) -> bool:
+    import celpy
+
+    env = celpy.Environment()
+    activation = {"self": celpy.json_to_cel(new)}
+    if old is not None:
+        activation["oldSelf"] = celpy.json_to_cel(old)
+    return bool(env.program(env.compile(rule)).evaluate(activation))
+
+
+@pytest.mark.parametrize(
+    ("old", "new", "allowed"),
+    [
+        ({"nodes": 2}, {"nodes": 2, "backoffLimit": 5}, True),  # anything else may change
+        ({"nodes": 2}, {"nodes": 3}, False),
+        ({}, {"nodes": 1}, True),  # the default, spelled out
+        ({"nodes": 2, "gpusPerNode": 8}, {"nodes": 2, "gpusPerNode": 4}, False),
+        ({"image": "a:1"}, {"image": "a:2"}, False),
+        ({"image": "a:1"}, {}, False),
+        ({"nodes": 2, "suspend": True}, {"nodes": 4, "suspend": True}, True),  # edited while suspended
+        ({"nodes": 2}, {"nodes": 4, "suspend": True}, True),  # suspended by the same edit
+        ({"nodes": 2, "suspend": True}, {"nodes": 4, "suspend": False}, True),  # resumed by the same edit
+        ({"nodes": 2, "suspend": False}, {"nodes": 4, "suspend": False}, False),
+    ],
+)
+def test_the_gang_shape_cel_rule(old, new, allowed):
+    (rule,) = [r for r in crds.build_crd(meta.KINDS["Mask2FormerTrain"])["spec"]["versions"][0]["schema"]
+               ["openAPIV3Schema"]["properties"]["spec"]["x-kubernetes-validations"]]
+    assert _cel(rule["rule"], new, old) is allowed
+
+
+def test_every_cel_rule_compiles_and_the_export_source_rule_holds():
+    rules = [rule["rule"] for crd in crds.build_crds() for _, node in _walk(crd)
+             for rule in node.get("x-kubernetes-validations", [])]
+    assert len(rules) == 2 * len(meta.KINDS) + 1  # experiment immutability, gang shape, Export's source
+    for rule in rules:
+        valid = {"experiment": {}, "trainRef": "t"}
+        assert _cel(rule, valid, valid) is True  # compiles; an unchanged valid object passes
+    export_rules = crds.build_crd(meta.KINDS["Mask2FormerExport"])["spec"]["versions"][0]["schema"][
+        "openAPIV3Schema"]["properties"]["spec"]["x-kubernetes-validations"]
+    (source,) = [r["rule"] for r in export_rules if "trainRef" in r["rule"]]
+    assert _cel(source, {"trainRef": "t"}) and not _cel(source, {}) and not _cel(source, {"trainRef": "t", "checkpoint": "c"})

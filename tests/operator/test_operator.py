@@ -250,6 +250,27 @@ def test_experiment_is_immutable_but_suspend_is_not(cluster):
     cluster.wait_phase(ns, TRAIN, "run", "Suspended")
 
 
+def test_the_gang_shape_changes_only_while_suspended(cluster):
+    # Neither control plane evaluates the CRD's gang-shape CEL rule (1.20 has no CEL; the emulator only
+    # `self == oldSelf`), so this is the operator's own enforcement, as on any server without CEL.
+    ns = cluster.namespace()
+    cluster.create(ns, TRAIN, "run", train_spec())
+    for pod in cluster.wait_pods(ns, ["run-worker-0", "run-worker-1"]):
+        cluster.set_pod(ns, pod.metadata.name, "Running")
+    cluster.wait_phase(ns, TRAIN, "run", "Running")
+    cluster.patch_spec(ns, TRAIN, "run", {"nodes": 3})
+    changed = wait_for(lambda: cluster.condition(ns, TRAIN, "run", "GangShapeChanged"), what="GangShapeChanged")
+    assert changed["status"] == "True" and "spec.nodes" in changed["message"]
+    time.sleep(2)  # a resync or two: still no third worker beside the running gang
+    assert [p.metadata.name for p in cluster.pods(ns)] == ["run-worker-0", "run-worker-1"]
+    cluster.patch_spec(ns, TRAIN, "run", {"suspend": True})
+    cluster.wait_phase(ns, TRAIN, "run", "Suspended")
+    wait_for(lambda: cluster.status(ns, TRAIN, "run").get("gangShape", {}).get("nodes") == 3, what="the edit applied",
+             report=lambda: json.dumps(cluster.status(ns, TRAIN, "run")))
+    cluster.patch_spec(ns, TRAIN, "run", {"suspend": False})
+    cluster.wait_pods(ns, [f"run-worker-{i}" for i in range(3)])
+
+
 # -- what a real API server showed (regression tests; both backends unless the skip says why) -------------
 
 

@@ -143,6 +143,33 @@ def test_a_disruption_restarts_without_counting_against_the_backoff_limit():
     assert plan.phase == "Failed" and condition(applied(body, plan), "Failed")["reason"] == "BackoffLimitExceeded"
 
 
+def test_the_gang_shape_is_kept_while_pods_run_and_applied_once_suspended():
+    body = applied(resource(nodes=2), run(resource(nodes=2)))
+    body = applied(body, run(body, gang()))
+    assert body["status"]["gangShape"] == {"nodes": 2}
+    body["spec"]["nodes"] = 3  # stored by a server without CEL
+    plan = run(body, gang())
+    edited = applied(body, plan)
+    assert plan.creates == [] and plan.phase == "Running"  # no worker-2 beside a WORLD_SIZE-2 gang
+    changed = condition(edited, "GangShapeChanged")
+    assert changed["status"] == "True" and changed["message"].startswith("spec.nodes changed while the gang runs")
+    assert [(e.type, e.reason) for e in plan.events] == [("Warning", "GangShapeImmutable")]
+    assert run(edited, gang()).events == []  # said once
+    # A restart while the edit waits keeps the recorded shape too.
+    restart = applied(edited, run(edited, [pod(index=0), pod(index=1, phase="Failed", exit_code=1)]))
+    recreated = run(restart, [])
+    assert [m["metadata"]["name"] for m in recreated.creates if m["kind"] == "Pod"] == ["run-worker-0", "run-worker-1"]
+    # Suspended: the edit applies, and resuming starts a gang of three.
+    restart["spec"]["suspend"] = True
+    suspended = applied(restart, run(restart, []))
+    suspended = applied(suspended, run(suspended, []))
+    assert suspended["status"]["phase"] == "Suspended" and suspended["status"]["gangShape"] == {"nodes": 3}
+    assert condition(suspended, "GangShapeChanged")["status"] == "False"
+    suspended["spec"]["suspend"] = False
+    resumed = run(suspended, [])
+    assert [m["metadata"]["name"] for m in resumed.creates if m["kind"] == "Pod"] == [f"run-worker-{i}" for i in range(3)]
+
+
 @pytest.mark.parametrize(
     ("policy", "worker1", "expected_phase", "deletes"),
     [
