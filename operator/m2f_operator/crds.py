@@ -127,6 +127,10 @@ def spec_schema(info: KindInfo) -> dict:
                                  "need no API access; the operator reads progress from rank 0's metrics)."),
         "imagePullSecrets": _describe(_OBJECT_LIST, "Pod imagePullSecrets."),
         "securityContext": _describe(_OBJECT, "Pod securityContext, merged over the non-root defaults."),
+        "podTemplate": _describe(_OBJECT, "A PodTemplateSpec the operator's own fields are laid over: runtimeClassName, "
+                                          "init and sidecar containers, topology spread, hostNetwork, resourceClaims, "
+                                          "and for the container named m2f envFrom, probes, securityContext... "
+                                          "(docs/operator.md lists the fields the operator owns)."),
         "podLabels": _describe(_STRING_MAP, "Extra labels on every pod."),
         "podAnnotations": _describe(_STRING_MAP, "Extra annotations on every pod."),
         "terminationGracePeriodSeconds": _describe({"type": "integer", "minimum": 0},

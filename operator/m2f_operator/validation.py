@@ -6,7 +6,7 @@ import functools
 import json
 import re
 
-from m2f_operator.builders import meta
+from m2f_operator.builders import meta, template
 from m2f_operator.builders.pods import processes_per_node
 from m2f_operator.policies import failure, startup
 from m2f_operator.policies.cleanup import CLEAN_POD_POLICIES
@@ -192,24 +192,26 @@ def spec_error(body: dict, experiment_changed: bool = False) -> str | None:
 def _reserved_error(spec: dict) -> str | None:
     """Volumes, mounts and labels the operator owns: a collision would be rejected by the API server (422 on
     every pod) or would hide a child from the operator, so it is an InvalidSpec naming the field."""
+    error = template.template_error(spec)
+    if error:
+        return error
     seen: set[str] = set()
-    for index, volume in enumerate(spec.get("volumes") or []):
-        name = volume.get("name") if isinstance(volume, dict) else None
-        if name in meta.RESERVED_VOLUMES:
-            return (f"spec.volumes[{index}].name: {name!r} is reserved (the operator adds the experiment ConfigMap "
-                    f"and a memory-backed /dev/shm as volumes {', '.join(meta.RESERVED_VOLUMES)})")
-        if name in seen:
-            return f"spec.volumes[{index}].name: {name!r} is used by another volume"
-        seen.add(name)
+    template_volumes = ((spec.get("podTemplate") or {}).get("spec") or {}).get("volumes") or []
+    for field, volumes in (("spec.podTemplate.spec.volumes", template_volumes), ("spec.volumes", spec.get("volumes") or [])):
+        for index, volume in enumerate(volumes):
+            name = volume.get("name") if isinstance(volume, dict) else None
+            if name in meta.RESERVED_VOLUMES:
+                return (f"{field}[{index}].name: {name!r} is reserved (the operator adds the experiment ConfigMap "
+                        f"and a memory-backed /dev/shm as volumes {', '.join(meta.RESERVED_VOLUMES)})")
+            if name in seen:
+                return f"{field}[{index}].name: {name!r} is used by another volume"
+            seen.add(name)
     for index, mount in enumerate(spec.get("volumeMounts") or []):
         path = str(mount.get("mountPath", "")).rstrip("/") if isinstance(mount, dict) else ""
         if path in meta.RESERVED_MOUNT_PATHS:
             return (f"spec.volumeMounts[{index}].mountPath: {path!r} is reserved (the operator mounts "
                     f"{', '.join(meta.RESERVED_MOUNT_PATHS)})")
-    for key in spec.get("podLabels") or {}:
-        if key in meta.OWNED_LABELS:
-            return f"spec.podLabels: {key!r} is reserved (the operator finds its pods by {', '.join(meta.OWNED_LABELS)})"
-    return None
+    return template.owned_label_error(spec.get("podLabels"), "spec.podLabels")
 
 
 def _gang_shape_error(spec: dict, experiment: dict) -> str | None:

@@ -271,6 +271,23 @@ def test_the_gang_shape_changes_only_while_suspended(cluster):
     cluster.wait_pods(ns, [f"run-worker-{i}" for i in range(3)])
 
 
+def test_a_pod_template_reaches_the_pods_the_api_server_stores(cluster):
+    ns = cluster.namespace()
+    template = {"metadata": {"labels": {"team": "vision"}}, "spec": {
+        "initContainers": [{"name": "fetch", "image": "busybox:1.36", "command": ["true"]}],
+        "containers": [{"name": "m2f", "envFrom": [{"configMapRef": {"name": "tuning", "optional": True}}]},
+                       {"name": "exporter", "image": "dcgm-exporter:4"}],
+        "topologySpreadConstraints": [{"maxSkew": 1, "topologyKey": "kubernetes.io/hostname",
+                                       "whenUnsatisfiable": "ScheduleAnyway",
+                                       "labelSelector": {"matchLabels": {"team": "vision"}}}]}}
+    cluster.create(ns, TRAIN, "run", train_spec(nodes=1, podTemplate=template))
+    (pod,) = cluster.wait_pods(ns, ["run-worker-0"])
+    assert [c.name for c in pod.spec.containers] == ["m2f", "exporter"]
+    assert pod.spec.init_containers[0].name == "fetch" and pod.spec.topology_spread_constraints[0].max_skew == 1
+    assert pod.spec.containers[0].env_from[0].config_map_ref.name == "tuning"
+    assert pod.metadata.labels["team"] == "vision" and pod.spec.restart_policy == "Never"
+
+
 # -- what a real API server showed (regression tests; both backends unless the skip says why) -------------
 
 

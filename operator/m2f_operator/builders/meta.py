@@ -46,6 +46,9 @@ SPEC_MOUNT_DIR = "/etc/m2f"
 RESERVED_VOLUMES = ("experiment", "dshm")
 RESERVED_MOUNT_PATHS = (SPEC_MOUNT_DIR, "/dev/shm")
 SPEC_FILE = f"{SPEC_MOUNT_DIR}/spec.yaml"
+# The pod environment contract (docs/architecture.md): set by the operator, never by a spec.
+CONTRACT_ENV = ("MASTER_ADDR", "MASTER_PORT", "NODE_RANK", "WORLD_SIZE", "NUM_GPU_PER_NODE", "M2F_RESULTS_DIR",
+                "M2F_METRICS_PORT", "M2F_TERMINATION_MESSAGE_PATH")
 TERMINATION_MESSAGE_PATH = "/dev/termination-log"
 MASTER_PORT = 29500
 METRICS_PORT = 9091

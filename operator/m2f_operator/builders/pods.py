@@ -5,7 +5,7 @@ from __future__ import annotations
 import copy
 from dataclasses import dataclass, field
 
-from m2f_operator.builders import meta, scheduling
+from m2f_operator.builders import meta, scheduling, template
 
 
 @dataclass(frozen=True)
@@ -77,6 +77,8 @@ def build_resources(spec_resources: dict | None, gpus: int) -> dict:
         for section, values in (spec_resources or {}).items()
         if section in ("limits", "requests")
     }
+    if (spec_resources or {}).get("claims"):
+        resources["claims"] = copy.deepcopy(spec_resources["claims"])  # dynamic resource allocation
     if gpus > 0:
         # Extended resources must have requests == limits.
         resources.setdefault("limits", {})[meta.GPU_RESOURCE] = str(gpus)
@@ -85,13 +87,16 @@ def build_resources(spec_resources: dict | None, gpus: int) -> dict:
 
 
 def build_pod(body: dict, stage: Stage, index: int, attempt: int, defaults: PodDefaults | None = None) -> dict:
-    """Worker `index` of `stage` for the gang's `attempt` (restart count)."""
+    """Worker `index` of `stage` for the gang's `attempt` (restart count): the operator's fields over
+    `spec.podTemplate` (builders/template.py), the dedicated spec fields over both."""
     defaults = defaults or PodDefaults()
     spec = body["spec"]
     name = body["metadata"]["name"]
     pod_name = meta.pod_name(name, stage.role, index)
+    template_meta, template_spec, template_main, sidecars = template.template_parts(spec)
     gang_labels, gang_annotations = scheduling.pod_metadata(body, stage.role, stage.replicas, attempt)
     labels = {
+        **(template_meta.get("labels") or {}),
         **spec.get("podLabels", {}),  # reserved keys are refused by validation and overridden here
         **gang_labels,
         meta.LABEL_ROLE: stage.role,
@@ -99,12 +104,12 @@ def build_pod(body: dict, stage: Stage, index: int, attempt: int, defaults: PodD
         meta.LABEL_ATTEMPT: str(attempt),
     }
     metadata = meta.child_metadata(body, pod_name, labels)
-    annotations = {**spec.get("podAnnotations", {}), **gang_annotations}
+    annotations = {**(template_meta.get("annotations") or {}), **spec.get("podAnnotations", {}), **gang_annotations}
     if annotations:
         metadata["annotations"] = annotations
 
-    container = {
-        "name": "m2f",
+    ours = {
+        "name": template.MAIN_CONTAINER,
         "image": stage.image,
         "imagePullPolicy": defaults.image_pull_policy,
         "command": ["m2f", stage.task, "-e", meta.SPEC_FILE, *stage.overrides],
@@ -113,7 +118,8 @@ def build_pod(body: dict, stage: Stage, index: int, attempt: int, defaults: PodD
             {"name": "dist", "containerPort": meta.MASTER_PORT, "protocol": "TCP"},
             {"name": "metrics", "containerPort": meta.METRICS_PORT, "protocol": "TCP"},
         ],
-        "resources": build_resources(spec.get("resources"), stage.gpus_per_node),
+        "resources": build_resources(template.template_resources(template_main, spec.get("resources")),
+                                     stage.gpus_per_node),
         "volumeMounts": [
             {"name": "experiment", "mountPath": meta.SPEC_MOUNT_DIR, "readOnly": True},
             {"name": "dshm", "mountPath": "/dev/shm"},
@@ -125,20 +131,26 @@ def build_pod(body: dict, stage: Stage, index: int, attempt: int, defaults: PodD
         "terminationMessagePolicy": "FallbackToLogsOnError",
     }
     pod_spec = {
+        **template_spec,
         "hostname": pod_name,
         "subdomain": meta.service_name(name),
         "restartPolicy": "Never",
-        "serviceAccountName": spec.get("serviceAccountName") or defaults.worker_service_account,
+        "serviceAccountName": (spec.get("serviceAccountName") or template_spec.get("serviceAccountName")
+                               or defaults.worker_service_account),
         # No API credentials in worker pods (user code, pip packages) unless the spec asks for them: the
         # operator reads progress from rank 0's metrics endpoint instead.
-        "automountServiceAccountToken": bool(spec.get("automountServiceAccountToken", False)),
-        "securityContext": {**_DEFAULT_POD_SECURITY, **copy.deepcopy(spec.get("securityContext", {}))},
-        "terminationGracePeriodSeconds": int(spec.get("terminationGracePeriodSeconds", 60)),
-        "containers": [container],
+        "automountServiceAccountToken": bool(spec.get("automountServiceAccountToken",
+                                                      template_spec.get("automountServiceAccountToken", False))),
+        "securityContext": {**_DEFAULT_POD_SECURITY, **(template_spec.get("securityContext") or {}),
+                            **copy.deepcopy(spec.get("securityContext", {}))},
+        "terminationGracePeriodSeconds": int(spec.get("terminationGracePeriodSeconds",
+                                                      template_spec.get("terminationGracePeriodSeconds", 60))),
+        "containers": [template.merge_container(template_main, ours), *sidecars],
         "volumes": [
             {"name": "experiment", "configMap": {"name": meta.configmap_name(name)}},
             # DataLoader workers share tensors through /dev/shm; the container default (64 MiB) is too small.
             {"name": "dshm", "emptyDir": {"medium": "Memory"}},
+            *(template_spec.get("volumes") or []),
             *copy.deepcopy(spec.get("volumes", [])),
         ],
     }
