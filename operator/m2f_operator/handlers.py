@@ -89,7 +89,10 @@ def m2f_pods(body: kopf.Body, namespace: str, labels: kopf.Labels, **_) -> dict:
             "labels": dict(metadata.get("labels") or {}),
             "ownerReferences": copy.deepcopy(list(metadata.get("ownerReferences") or [])),
             "deletionTimestamp": metadata.get("deletionTimestamp"),
+            "creationTimestamp": metadata.get("creationTimestamp"),  # the startup policy's clock and histogram
         },
+        # A scheduling gate (Kueue) holds the gang: the phase is Queued until it is lifted.
+        "spec": {"schedulingGates": copy.deepcopy(list((body.get("spec") or {}).get("schedulingGates") or []))},
         "status": copy.deepcopy(dict(body.get("status") or {})),
     }
     return {key: summary}
@@ -156,14 +159,18 @@ def _apply(cluster: Cluster, plural: str, body: dict, plan: Plan, observed: Obse
             blocked = blocked_creation(observed, outcome)
             plan = Plan(deletes=plan.deletes, status_patch=blocked.status_patch, events=blocked.events,
                         phase=blocked.phase, blocked=outcome)
-            metrics.CREATE_FAILURES.labels(kind, outcome.reason).inc()
+            metrics.CREATE_FAILURES.labels(kind, namespace, outcome.reason).inc()
             break
         if outcome == CREATED and manifest["kind"] == "Pod":
-            metrics.PODS_CREATED.labels(kind).inc()
+            metrics.PODS_CREATED.labels(kind, namespace).inc()
     for pod_name, force in plan.deletes:
         cluster.delete_pod(namespace, pod_name, force)
     if plan.gang_restarted:
-        metrics.GANG_RESTARTS.labels(kind).inc()
+        metrics.GANG_RESTARTS.labels(kind, namespace, plan.restart_cause).inc()
+    if plan.finished is not None:
+        metrics.FINISHED.labels(kind, namespace, *plan.finished).inc()
+    if plan.startup_seconds is not None:
+        metrics.STARTUP_SECONDS.labels(kind, namespace).observe(plan.startup_seconds)
     # The status is written once, after the children: it never claims pods that do not exist.
     if plan.status_patch:
         cluster.patch_status(plural, namespace, name, plan.status_patch)

@@ -33,6 +33,8 @@ from m2f_operator.policies.observe import STUCK_TERMINATING_MARGIN, format_time,
 from m2f_operator.policies.success import ALL_WORKERS, RANK0
 from m2f_operator.validation import spec_error
 
+# The startup policy's bookkeeping in the status (policies/startup.py).
+STARTUP_FIELDS = ("startupStartTime", "startupRetries", "nextAttemptTime")
 # What defines a gang: editable only while suspended (or before any pod runs).
 SHAPE_FIELDS = ("nodes", "gpusPerNode", "image", "resources")
 # Export stages whose completion is recorded as a condition (the pods may be cleaned up later).
@@ -62,6 +64,9 @@ class Plan:
     delete_resource: bool = False
     invalid_spec: str | None = None
     gang_restarted: bool = False
+    restart_cause: str = ""  # GangRestart | GangRestartIgnoringLimit | StartupTimeout
+    finished: tuple[str, str] | None = None  # (Succeeded | Failed, reason) when this reconcile finished the job
+    startup_seconds: float | None = None  # when this reconcile saw the gang all Running: since its pods' creation
     blocked: CreateBlocked | None = None  # set by the handler when the API refused a create
 
 
@@ -99,6 +104,11 @@ def reconcile(observed: Observed) -> Plan:
     _Reconciler(observed, spec, status, draft, pods, plan).run()
     if observed.progress is not None and draft.phase == st.RUNNING:
         draft.fields["progress"] = observed.progress
+    if draft.phase in st.TERMINAL_PHASES and status.get("phase") not in st.TERMINAL_PHASES:
+        plan.finished = (draft.phase, (draft.condition(draft.phase) or {}).get("reason", draft.phase))
+    if draft.phase in st.TERMINAL_PHASES:
+        for key in STARTUP_FIELDS:  # no gang will start again: no clock to keep
+            draft.fields.pop(key, None)
     # One delete per pod (several steps may doom the same one); a forced one wins.
     forced = {name for name, force in plan.deletes if force}
     plan.deletes = [(name, name in forced) for name in dict.fromkeys(name for name, _ in plan.deletes)]
@@ -258,7 +268,7 @@ class _Reconciler:
         counted = int(self.draft.fields.get("restartsCountTowardsLimit", attempt))
         self.draft.fields["restartsCountTowardsLimit"] = counted + 1 if decision.counted else counted
         self.draft.transition(st.RESTARTING, decision.reason, f"restart {attempt + 1}: {decision.message}", True)
-        self.plan.gang_restarted = True
+        self.plan.gang_restarted, self.plan.restart_cause = True, decision.reason
         for pod in current:
             if pod.name in decision.force_delete:
                 self.plan.deletes.append((pod.name, True))
@@ -292,8 +302,9 @@ class _Reconciler:
         self.draft.fields["artifacts"] = artifacts
         metrics = summary.get("metrics")
         if isinstance(metrics, dict):
+            # Rounded for display (printer columns, dashboards); metrics.json in the results keeps full precision.
             self.draft.fields["metrics"] = {
-                str(k): float(v) for k, v in metrics.items() if isinstance(v, (int, float)) and not isinstance(v, bool)
+                str(k): round(float(v), 4) for k, v in metrics.items() if isinstance(v, (int, float)) and not isinstance(v, bool)
             }
         condition = STAGE_CONDITIONS.get(stage.role)
         if condition:
@@ -328,12 +339,17 @@ class _Reconciler:
         self._record_scheduling(stage_pods)
         running = [p for p in stage_pods if p.phase == "Running" and not p.terminating]
         if len(running) == stage.replicas:
+            if self.draft.phase != st.RUNNING:
+                created = [p.created_at for p in stage_pods if p.created_at is not None]
+                if created:
+                    self.plan.startup_seconds = max((self.observed.now - min(created)).total_seconds(), 0.0)
             self.draft.transition(st.RUNNING, "AllPodsRunning", f"{stage.replicas} {stage.role} pod(s) running")
             if self.draft.condition(st.STARTED) is not None:
                 self.draft.set_condition(st.STARTED, True, "AllPodsRunning", "every pod is running")
             for key in ("startupStartTime", "startupRetries"):
                 self.draft.fields.pop(key, None)
-        elif not missing:
+        elif not missing and self.draft.phase != st.RUNNING:
+            # Once Running, a worker that finished first is not a gang that failed to start.
             self._watch_startup(stage, stage_pods, attempt, len(running))
         self._count_workers(stage_pods, created=len(missing))
 
@@ -359,6 +375,9 @@ class _Reconciler:
             self.draft.set_condition(st.QUEUED, False, "Admitted", "the scheduling gates are lifted")
             self.draft.emit("Admitted", "the scheduling gates are lifted")
         blocked = startup.not_started(stage_pods)
+        if blocked is None:  # every pod started (some may have finished already)
+            self.draft.fields.pop("startupStartTime", None)
+            return
         if blocked is not None and blocked.reason in startup.BLOCKING_WAITING_REASONS:  # Unschedulable: Scheduled
             previous = self.draft.condition(st.STARTED) or {}
             if previous.get("message") != blocked.message:
@@ -377,7 +396,7 @@ class _Reconciler:
                                  nextAttemptTime=format_time(self.observed.now + timedelta(seconds=delay)))
         self.draft.fields.pop("startupStartTime", None)
         self.draft.transition(st.RESTARTING, "StartupTimeout", message, warning=True)
-        self.plan.gang_restarted = True
+        self.plan.gang_restarted, self.plan.restart_cause = True, "StartupTimeout"
         self._delete(p for p in stage_pods if not p.terminating)
 
     def _guard_experiment(self) -> None:

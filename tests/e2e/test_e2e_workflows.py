@@ -248,8 +248,11 @@ def test_two_node_train_rendezvous_progress_checkpoints_and_events(cluster_env: 
     assert all(1 <= p["epoch"] <= ALPHA_EPOCHS and p["totalEpochs"] == ALPHA_EPOCHS for p in live), live
     assert live[-1] == final and all(p["loss"] > 0 and p["updateTime"].endswith("Z") for p in live), live
 
-    # Events were recorded for each transition.
-    _events(env, name, "GangCreated", "AllPodsRunning", "GangRestart", "Succeeded")
+    # Events were recorded for each transition, each once (per gang for GangCreated: attempts 0 and 1).
+    events = [e for e in _events(env, name, "GangCreated", "AllPodsRunning", "GangRestart", "Succeeded")
+              if e["involvedObject"].get("uid") == env.recorder.latest(TRAINS, name)["metadata"]["uid"]]
+    counts = {reason: sum(e["reason"] == reason for e in events) for reason in ("GangCreated", "GangRestart", "Succeeded")}
+    assert counts == {"GangCreated": 2, "GangRestart": 1, "Succeeded": 1}, [(e["reason"], e["message"]) for e in events]
     table = env.kubectl("get", "m2ftrain", name).stdout
     assert "Succeeded" in table, table
 
@@ -325,7 +328,7 @@ def test_permanent_trainer_error_fails_at_once_with_its_message(cluster_env: Clu
     assert len(pods) == 1, f"a permanent error was retried: {sorted(p['metadata']['name'] for p in pods.values())}"
     assert pod_exit_code(next(iter(pods.values()))) == 2
     reasons = [e["reason"] for e in _events(env, name, "PermanentError")]
-    assert "GangRestart" not in reasons, reasons
+    assert not {"GangRestart", "GangRestartIgnoringLimit"} & set(reasons), reasons
 
 
 def test_operator_killed_and_restarted_mid_run_creates_no_duplicate_pods(cluster_env: ClusterEnv, flows):
@@ -376,8 +379,10 @@ def test_lost_node_pod_is_force_deleted_and_the_gang_restarted_within_bound(lost
     # ... then force-deleted by the operator within the configured bound (the default margin, 30 s, cannot meet
     # it), and the gang restarted (phase and restarts above).
     assert stuck_for <= observed["bound"], f"force-deleted {stuck_for:.1f} s after the eviction"
-    restart = [e for e in _events(env, name, "GangRestart") if e["reason"] == "GangRestart"]
+    # A lost node is a disruption, not the job's fault: the restart does not count against backoffLimit.
+    restart = [e for e in _events(env, name, "GangRestartIgnoringLimit") if e["reason"] == "GangRestartIgnoringLimit"]
     assert len(restart) == 1 and "stuck terminating" in restart[0]["message"], restart
+    assert status.get("restartsCountTowardsLimit", 0) == 0, status
     new_gang = _pods_by_attempt(env, name)["1"]
     assert len(new_gang) == NODES and observed["node"] not in {p["spec"]["nodeName"] for p in new_gang}
     assert_resumed(read_metrics(env.train_dir(name)), observed["checkpoints_at_fault"], EPS_EPOCHS)

@@ -14,7 +14,7 @@ import yaml
 HELM = shutil.which("helm", path=str(Path(sys.executable).parent)) or shutil.which("helm")
 pytestmark = pytest.mark.skipif(HELM is None, reason="helm binary not installed (make install puts it in .venv/bin)")
 # Kinds from other projects' CRDs: kubernetes-validate has no schema for them.
-FOREIGN_KINDS = {"ServiceMonitor"}
+FOREIGN_KINDS = {"ServiceMonitor", "PodMonitor"}
 
 
 def chart(repo_root: Path) -> str:
@@ -40,8 +40,9 @@ def test_helm_lint(repo_root):
 
 @pytest.mark.parametrize(
     "sets",
-    [(), ("watchNamespace=ml",), ("metrics.serviceMonitor.enabled=true", "worker.namespaces={ml,vision}")],
-    ids=["cluster-wide", "one-namespace", "service-monitor"],
+    [(), ("watchNamespace=ml",), ("metrics.serviceMonitor.enabled=true", "worker.namespaces={ml,vision}"),
+     ("metrics.podMonitor.enabled=true", "dashboards.enabled=true")],
+    ids=["cluster-wide", "one-namespace", "service-monitor", "pod-monitor-and-dashboard"],
 )
 def test_every_rendered_manifest_is_valid(repo_root, sets):
     docs = render(repo_root, *sets)

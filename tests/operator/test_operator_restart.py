@@ -26,7 +26,7 @@ def test_operator_restart_creates_no_duplicate_pods(backend, tmp_path):
             cluster.wait_phase(ns, TRAIN, "run", "Created")
         assert first.exception is None
         uids = {p.metadata.name: p.metadata.uid for p in pods}
-        created = metrics.REGISTRY.get_sample_value("m2f_operator_pods_created_total", {"kind": TRAIN})
+        created = metrics.REGISTRY.get_sample_value("m2f_operator_pods_created_total", {"kind": TRAIN, "namespace": ns})
 
         with running_operator() as second:
             # The new operator is live (it sees the last worker start) ...
@@ -36,7 +36,7 @@ def test_operator_restart_creates_no_duplicate_pods(backend, tmp_path):
             after = cluster.pods(ns)
         assert second.exception is None
         assert {p.metadata.name: p.metadata.uid for p in after} == uids
-        assert metrics.REGISTRY.get_sample_value("m2f_operator_pods_created_total", {"kind": TRAIN}) == created
+        assert metrics.REGISTRY.get_sample_value("m2f_operator_pods_created_total", {"kind": TRAIN, "namespace": ns}) == created
         assert cluster.status(ns, TRAIN, "run")["restarts"] == 0
 
 
@@ -81,7 +81,7 @@ def test_entry_point_serves_liveness_and_metrics_and_reconciles(tmp_path, backen
             # The duration is observed when the reconcile that created the pod returns: wait for both.
             text = wait_for(lambda: (t := get(metrics_port, "/metrics")) and "m2f_operator_pods_created_total{" in t
                             and "m2f_operator_reconcile_duration_seconds_bucket" in t and t, 30, "operator metrics")
-            assert 'm2f_operator_pods_created_total{kind="Mask2FormerTrain"} 1.0' in text
+            assert f'm2f_operator_pods_created_total{{kind="Mask2FormerTrain",namespace="{ns}"}} 1.0' in text
             assert "m2f_operator_reconcile_duration_seconds_bucket" in text
         finally:
             process.terminate()

@@ -75,7 +75,8 @@ def test_a_pod_vanishing_from_a_running_gang_restarts_it():
 def test_success_records_artifacts_and_completion():
     body = applied(resource(nodes=2), run(resource(nodes=2)))
     plan = run(body, gang(phase="Succeeded", exit_code=0))
-    assert plan.phase == "Succeeded"
+    assert plan.phase == "Succeeded" and plan.finished == ("Succeeded", "Succeeded")
+    assert run(applied(body, plan), gang(phase="Succeeded", exit_code=0)).finished is None  # counted once
     status = applied(body, plan)["status"]
     assert status["completionTime"] == iso(NOW)
     assert status["artifacts"]["latestCheckpoint"] == "/results/train/run/train/mask2former_model_latest.pth"
@@ -86,7 +87,7 @@ def test_success_records_artifacts_and_completion():
 def test_gang_restart_then_recreate_with_next_attempt():
     body = applied(resource(nodes=2), run(resource(nodes=2)))
     plan = run(body, [pod(index=0), pod(index=1, phase="Failed", exit_code=1, message="NCCL timeout")])
-    assert plan.phase == "Restarting" and plan.gang_restarted
+    assert plan.phase == "Restarting" and plan.gang_restarted and plan.restart_cause == "GangRestart"
     assert sorted(plan.deletes) == [("run-worker-0", False), ("run-worker-1", False)]
     assert plan.creates == []
     restarting = applied(body, plan)
@@ -453,3 +454,22 @@ def test_gated_pods_are_queued_and_queue_time_is_not_startup_time():
     admitted = applied(queued, run(queued, [pod(index=i, phase="Pending") for i in range(2)], now=admitted_at))
     assert admitted["status"]["phase"] == "Created" and condition(admitted, "Queued")["status"] == "False"
     assert admitted["status"]["startupStartTime"] == iso(admitted_at)
+
+
+def test_the_time_from_creation_to_all_running_is_measured_once():
+    body = applied(resource(nodes=2), run(resource(nodes=2)))
+    plan = run(body, gang(created_ago=timedelta(seconds=42)))
+    assert plan.phase == "Running" and plan.startup_seconds == 42.0
+    assert run(applied(body, plan), gang(created_ago=timedelta(seconds=50))).startup_seconds is None
+
+
+def test_a_worker_that_finishes_first_is_not_a_gang_that_failed_to_start():
+    body = _started_gang(timeout=60)
+    body = applied(body, run(body, gang()))
+    assert body["status"]["phase"] == "Running" and "startupStartTime" not in body["status"]
+    finishing = [pod(index=0, phase="Succeeded", exit_code=0), pod(index=1)]
+    plan = run(body, finishing, now=NOW + timedelta(hours=1))
+    assert plan.phase == "Running" and plan.deletes == [] and "startupStartTime" not in applied(body, plan)["status"]
+    done = applied(body, run(body, gang(phase="Succeeded", exit_code=0)))
+    assert done["status"]["phase"] == "Succeeded"
+    assert not {"startupStartTime", "startupRetries", "nextAttemptTime"} & set(done["status"])

@@ -88,6 +88,28 @@ def test_training_writes_checkpoints_and_metrics(trained):
     assert [r["epoch"] for r in validations] == [0, 1]
     assert all(0.0 <= r["val/PQ"] <= 1.0 and r["val/num_images"] == 4 for r in validations)
     assert records[-1]["event"] == "end"
+    # The same curves as TensorBoard event files (Lightning's logger, rank 0).
+    scalars = _tensorboard_scalars(train_dir / "tensorboard")
+    assert len(scalars["train_loss"]) == 4 and all(v > 0 for v in scalars["train_loss"])
+    assert len(scalars["val_PQ"]) == 2 and all(0.0 <= v <= 1.0 for v in scalars["val_PQ"])
+
+
+def _tensorboard_scalars(folder: Path) -> dict[str, list[float]]:
+    """tag -> values of the TFRecord event files in `folder` (length, crc, Event proto, crc per record)."""
+    import struct
+
+    from tensorboardX.proto.event_pb2 import Event
+
+    scalars: dict[str, list[float]] = {}
+    (events_file,) = folder.glob("events.out.tfevents.*")
+    data, offset = events_file.read_bytes(), 0
+    while offset < len(data):
+        (length,) = struct.unpack("<Q", data[offset:offset + 8])
+        event = Event.FromString(data[offset + 12:offset + 12 + length])
+        offset += 12 + length + 4
+        for value in event.summary.value:
+            scalars.setdefault(value.tag, []).append(value.simple_value)
+    return scalars
 
 
 def test_restart_of_a_finished_run_is_a_no_op_and_explicit_resume_wins(trained, synth_spec, tmp_path):

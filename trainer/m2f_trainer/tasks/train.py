@@ -41,6 +41,7 @@ def _is_global_rank_zero(plan) -> bool:
 
 def build_trainer(cfg: Any, plan, callbacks: list, train_dir: Path, has_val: bool):
     import lightning as L
+    from lightning.pytorch.loggers import TensorBoardLogger
 
     from m2f_trainer.engine.checkpoints import AtomicCheckpointIO
     from m2f_trainer.engine.distributed import ContractEnvironment, build_strategy, lightning_precision
@@ -64,7 +65,9 @@ def build_trainer(cfg: Any, plan, callbacks: list, train_dir: Path, has_val: boo
         check_val_every_n_epoch=int(train.validation_interval),
         num_sanity_val_steps=0,
         callbacks=callbacks,
-        logger=False,
+        # TensorBoard event files beside metrics.jsonl (rank 0; tensorboardX, no TensorFlow): `tensorboard --logdir`.
+        logger=TensorBoardLogger(save_dir=str(train_dir), name="tensorboard", version="", default_hp_metric=False),
+        log_every_n_steps=1,
         enable_checkpointing=False,  # ours: engine.checkpoints.EpochCheckpoint (atomic, TAO file names)
         enable_progress_bar=show_bar,
         enable_model_summary=False,
