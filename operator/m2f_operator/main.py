@@ -5,9 +5,11 @@ from __future__ import annotations
 import logging
 import os
 import sys
+import threading
 
 import kopf
 
+from m2f_operator import leader
 from m2f_operator.settings import OperatorConfig
 
 
@@ -21,7 +23,14 @@ def main(argv: list[str] | None = None) -> int:
     config = OperatorConfig.from_env()
     import m2f_operator.handlers  # noqa: F401  (registers the handlers)
 
-    # One replica with the Recreate strategy: standalone, no peering CRD needed.
+    if config.leader_election_namespace:
+        # Several replicas (the chart's default): only the Lease holder goes on; it exits if it loses the lease.
+        leading = threading.Event()
+        leader.start_election(config.leader_election_name, config.leader_election_namespace, leading)
+        with leader.standby_liveness(config.liveness_port):
+            leading.wait()
+        logging.getLogger(__name__).info("leading: starting the reconciler")
+    # Standalone: kopf's own peering is not needed (the Lease decides who runs), and no peering CRD exists.
     kopf.run(
         standalone=True,
         clusterwide=not config.watch_namespace,

@@ -31,6 +31,9 @@ class OperatorConfig:
     resync_seconds: float  # safety net for time-based policies (deadline, TTL, lost nodes)
     stuck_terminating_seconds: int  # past a pod's deletion deadline: its node counts as lost
     progress_seconds: float = 10.0  # how often a running Train's rank 0 metrics are read into status.progress
+    # Several replicas: only the holder of this Lease reconciles (leader.py); "" runs without election.
+    leader_election_namespace: str = ""
+    leader_election_name: str = "mask2former-operator"
 
     @classmethod
     def from_env(cls) -> OperatorConfig:
@@ -48,6 +51,8 @@ class OperatorConfig:
             resync_seconds=float(_int_env("M2F_RESYNC_SECONDS", 10)),
             stuck_terminating_seconds=_int_env("M2F_STUCK_TERMINATING_SECONDS", 30),
             progress_seconds=float(_int_env("M2F_PROGRESS_SECONDS", 10)),
+            leader_election_namespace=os.environ.get("M2F_LEADER_ELECTION_NAMESPACE", ""),
+            leader_election_name=os.environ.get("M2F_LEADER_ELECTION_NAME", "mask2former-operator"),
         )
 
 

@@ -54,17 +54,35 @@ def test_every_rendered_manifest_is_valid(repo_root, sets):
     assert bool(by_kind(docs, "ServiceMonitor")) == ("metrics.serviceMonitor.enabled=true" in sets)
 
 
-def test_deployment_is_hardened_single_replica_with_liveness(repo_root):
-    (deployment,) = by_kind(render(repo_root), "Deployment")
+def test_deployment_is_hardened_two_replicas_with_a_lease_and_liveness(repo_root):
+    docs = render(repo_root)
+    (deployment,) = by_kind(docs, "Deployment")
     spec = deployment["spec"]
-    assert spec["replicas"] == 1 and spec["strategy"] == {"type": "Recreate"}
+    assert spec["replicas"] == 2 and spec["strategy"]["type"] == "RollingUpdate"
+    anti = spec["template"]["spec"]["affinity"]["podAntiAffinity"]["preferredDuringSchedulingIgnoredDuringExecution"]
+    assert anti[0]["podAffinityTerm"]["topologyKey"] == "kubernetes.io/hostname"
+    (budget,) = by_kind(docs, "PodDisruptionBudget")
+    assert budget["spec"]["minAvailable"] == 1
+    (lease_role,) = [r for r in by_kind(docs, "Role") if r["metadata"]["name"].endswith("-leader-election")]
+    assert lease_role["metadata"]["namespace"] == "ops"  # the release namespace only
+    named = [rule for rule in lease_role["rules"] if rule.get("resourceNames")]
+    assert named == [{"apiGroups": ["coordination.k8s.io"], "resources": ["leases"],
+                      "resourceNames": ["m2f-mask2former-operator"], "verbs": ["get", "update"]}]
+    (container,) = spec["template"]["spec"]["containers"]
+    env = {e["name"]: e for e in container["env"]}
+    assert env["M2F_LEADER_ELECTION_NAMESPACE"]["valueFrom"]["fieldRef"]["fieldPath"] == "metadata.namespace"
+    # Without leader election: one replica, Recreate, no Lease.
+    single = render(repo_root, "leaderElection.enabled=false")
+    (deployment,) = by_kind(single, "Deployment")
+    assert deployment["spec"]["replicas"] == 1 and deployment["spec"]["strategy"] == {"type": "Recreate"}
+    assert not by_kind(single, "PodDisruptionBudget") and not by_kind(single, "Role")
     pod = spec["template"]["spec"]
     assert pod["securityContext"]["runAsNonRoot"] is True
     (container,) = pod["containers"]
     assert container["securityContext"]["readOnlyRootFilesystem"] is True
     assert container["securityContext"]["allowPrivilegeEscalation"] is False
     assert container["livenessProbe"]["httpGet"]["path"] == "/healthz"
-    env = {e["name"]: e["value"] for e in container["env"]}
+    env = {e["name"]: e.get("value") for e in container["env"]}
     assert env["M2F_WATCH_NAMESPACE"] == "" and env["M2F_WORKER_SERVICE_ACCOUNT"] == "mask2former-worker"
 
 
@@ -75,11 +93,12 @@ def test_rbac_modes_and_least_privilege(repo_root):
     cluster_wide = render(repo_root)
     assert {r["metadata"]["name"] for r in by_kind(cluster_wide, "ClusterRole")} == {
         "m2f-mask2former-operator", "m2f-mask2former-operator-discovery"}
-    assert by_kind(cluster_wide, "Role") == []  # workers get no Role at all
+    # Workers get no Role at all; the operator's only Role is its Lease's, in its own namespace.
+    assert [r["metadata"]["name"] for r in by_kind(cluster_wide, "Role")] == ["m2f-mask2former-operator-leader-election"]
 
     one_namespace = render(repo_root, "watchNamespace=ml")
     assert by_kind(one_namespace, "ClusterRole") == [] and by_kind(one_namespace, "ClusterRoleBinding") == []
-    (operator_role,) = by_kind(one_namespace, "Role")
+    (operator_role,) = [r for r in by_kind(one_namespace, "Role") if not r["metadata"]["name"].endswith("-election")]
     assert operator_role["metadata"]["namespace"] == "ml"
     verbs = {tuple(rule["resources"]): set(rule["verbs"]) for rule in operator_role["rules"]}
     assert verbs[("services", "configmaps")] == {"get", "create"}
@@ -92,7 +111,8 @@ def test_rbac_modes_and_least_privilege(repo_root):
     accounts = [a for a in by_kind(workers, "ServiceAccount") if a["metadata"]["name"] == "mask2former-worker"]
     assert sorted(a["metadata"]["namespace"] for a in accounts) == ["ml", "vision"]
     assert all(a["automountServiceAccountToken"] is False for a in accounts)
-    assert by_kind(workers, "Role") == [] and by_kind(workers, "RoleBinding") == []
+    assert not [r for r in by_kind(workers, "Role") + by_kind(workers, "RoleBinding")
+                if r["metadata"]["namespace"] in ("ml", "vision")]
 
 
 def test_chart_crds_are_the_generated_ones(repo_root):
