@@ -196,6 +196,8 @@ def status_schema(info: KindInfo) -> dict:
             "reason": {"type": "string"},
             "message": {"type": "string"},
             "lastTransitionTime": {"type": "string", "format": "date-time"},
+            "observedGeneration": {"type": "integer", "description": "The generation this condition describes "
+                                                                    "(Ready, Reconciling, Stalled: kstatus)."},
         },
     }
     return {

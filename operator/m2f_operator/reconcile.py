@@ -91,6 +91,7 @@ def blocked_creation(observed: Observed, blocked: CreateBlocked) -> Plan:
         draft.clear_exclusive(blocked.reason, blocked.message)
     draft.fields["message"] = blocked.message
     draft.events = [] if repeated else [st.Event("Warning", blocked.reason, blocked.message)]
+    draft.set_kstatus(observed.body["metadata"].get("generation"))
     return Plan(status_patch=draft.patch_against(status), events=draft.events, phase=draft.phase)
 
 
@@ -109,6 +110,7 @@ def reconcile(observed: Observed) -> Plan:
     if draft.phase in st.TERMINAL_PHASES:
         for key in STARTUP_FIELDS:  # no gang will start again: no clock to keep
             draft.fields.pop(key, None)
+    draft.set_kstatus(body["metadata"].get("generation"))
     # One delete per pod (several steps may doom the same one); a forced one wins.
     forced = {name for name, force in plan.deletes if force}
     plan.deletes = [(name, name in forced) for name in dict.fromkeys(name for name, _ in plan.deletes)]

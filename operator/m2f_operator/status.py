@@ -25,6 +25,9 @@ QUEUED = "Queued"  # the gang's pods are held by scheduling gates until a queue 
 STARTED = "Started"  # a condition only: False with the kubelet's or scheduler's reason while a pod cannot start
 FAILED_CREATE = "FailedCreate"  # the API refused a child; not terminal (a spec edit or the missing object heals)
 TERMINAL_PHASES = frozenset({SUCCEEDED, FAILED})
+# kstatus conditions (set_kstatus): what Flux, kstatus and Argo CD read as in progress / current / failed.
+READY, RECONCILING, STALLED = "Ready", "Reconciling", "Stalled"
+STALLED_PHASES = (FAILED, INVALID_SPEC, FAILED_CREATE)
 
 # Conditions that describe "what is happening now": only one of them is True at a time.
 _EXCLUSIVE = (RUNNING, RESTARTING, SUSPENDED, WAITING_FOR_TRAIN, INVALID_SPEC, FAILED_CREATE, QUEUED)
@@ -97,6 +100,23 @@ class StatusDraft:
             self.emit(reason, message or f"phase {phase}", warning)
         if phase in TERMINAL_PHASES and not self.fields.get("completionTime"):
             self.fields["completionTime"] = format_time(self.now)
+
+    def set_kstatus(self, generation: int | None) -> None:
+        """The kstatus conventions GitOps tools read (Flux health checks, `kstatus`, cli-utils): `Reconciling`
+        while the job is on its way, `Stalled` when it cannot go on without a person, `Ready` once it is where it
+        was asked to be (finished, or suspended), each with the generation it describes."""
+        phase = self.phase
+        condition = self.condition(phase) or {}
+        reason, message = condition.get("reason") or phase, self.fields.get("message") or condition.get("message", "")
+        states = {
+            READY: phase in (SUCCEEDED, SUSPENDED),
+            RECONCILING: phase not in (SUCCEEDED, SUSPENDED, *STALLED_PHASES),
+            STALLED: phase in STALLED_PHASES,
+        }
+        for type_, value in states.items():
+            self.set_condition(type_, value, reason, message)
+            if generation is not None:
+                self.condition(type_)["observedGeneration"] = generation
 
     def clear_exclusive(self, reason: str, message: str) -> None:
         """Every 'what is happening now' condition False (the phase went back to Pending)."""

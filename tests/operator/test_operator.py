@@ -294,6 +294,40 @@ def test_a_pod_template_reaches_the_pods_the_api_server_stores(cluster):
     assert pod.metadata.labels["team"] == "vision" and pod.spec.restart_policy == "Never"
 
 
+def test_gitops_tools_read_live_resources_as_progressing_healthy_or_degraded(cluster):
+    """Argo CD's health (docs/gitops.md's Lua) and kstatus on resources the operator is driving right now."""
+    from gitops_health import EXPECTED, argo_health, kstatus, record
+
+    def check(ns: str, name: str, phase: str) -> None:
+        cluster.wait_phase(ns, TRAIN, name, phase)
+        obj = wait_for(lambda: (o := cluster.get(ns, TRAIN, name)) and kstatus(o) == EXPECTED[phase][1] and o,
+                       what=f"{name}: kstatus {EXPECTED[phase][1]} in phase {phase}")
+        assert argo_health(obj)[0] == EXPECTED[phase][0], (phase, argo_health(obj))
+        ready = next(c for c in obj["status"]["conditions"] if c["type"] == "Ready")
+        assert ready["observedGeneration"] == obj["metadata"]["generation"]
+        record(obj, cluster.backend)
+
+    def job(name: str, **spec) -> tuple[str, object]:
+        ns = cluster.namespace()
+        cluster.create(ns, TRAIN, name, train_spec(nodes=1, **spec))
+        return ns, (cluster.wait_pods(ns, [f"{name}-worker-0"])[0] if not spec else None)
+
+    ns, pod = job("ok")
+    check(ns, "ok", "Created")
+    cluster.set_pod(ns, pod.metadata.name, "Running")
+    check(ns, "ok", "Running")
+    cluster.set_pod(ns, pod.metadata.name, "Succeeded", exit_code=0)
+    check(ns, "ok", "Succeeded")
+    ns, pod = job("broken")
+    cluster.set_pod(ns, pod.metadata.name, "Failed", exit_code=2, message="error: dataset.train.img_dir: not found")
+    check(ns, "broken", "Failed")
+    # Valid for the CRD's schema, refused by the operator: the experiment contradicts the gang's shape.
+    ns, _ = job("invalid", experiment={**TINY_EXPERIMENT, "train": {"num_epochs": 2, "num_nodes": 3}})
+    check(ns, "invalid", "InvalidSpec")
+    ns, _ = job("parked", suspend=True)
+    check(ns, "parked", "Suspended")
+
+
 # -- what a real API server showed (regression tests; both backends unless the skip says why) -------------
 
 
@@ -352,6 +386,11 @@ def test_a_missing_service_account_is_retried_until_it_exists(cluster):
     cluster.create(ns, TRAIN, "run", train_spec(nodes=1, serviceAccountName="trainer"))
     status = cluster.wait_phase(ns, TRAIN, "run", "FailedCreate")
     assert "403" in status["message"] and "error looking up service account" in status["message"], status
+    from gitops_health import EXPECTED, argo_health, kstatus, record
+
+    obj = cluster.get(ns, TRAIN, "run")
+    assert (argo_health(obj)[0], kstatus(obj)) == EXPECTED["FailedCreate"]
+    record(obj, cluster.backend)
     cluster.core.create_namespaced_service_account(ns, {"metadata": {"name": "trainer"}})
     # Retried with backoff (1, 2, 5, 10 s ...) without any edit of the resource.
     cluster.wait_pods(ns, ["run-worker-0"], timeout=60)
