@@ -485,8 +485,9 @@ def test_two_jobs_each_holding_one_of_two_gpu_nodes_both_finish(cluster):
         pytest.skip("the emulator's binding ignores resource requests; capacity is the real kube-scheduler's")
     ns, gpus = cluster.namespace(), {"limits": {meta.GPU_RESOURCE: "8"}, "requests": {meta.GPU_RESOURCE: "8"}}
     # Processes stay on CPU (gpusPerNode 0); the scheduler sees 8 GPUs per pod through resources.
-    # 15 s: longer than the cordon dance below takes, so each gang is still half placed when the dance ends.
-    spec = train_spec(resources=gpus, backoffLimit=0, scheduling={"startupTimeoutSeconds": 15})
+    # No startup timeout while the cordon dance below builds the deadlock (on a busy machine it can take longer
+    # than any short timeout); once both gangs hold half, a short one is set.
+    spec = train_spec(resources=gpus, backoffLimit=0, scheduling={"startupTimeoutSeconds": 0})
     cluster.core.create_node(_gpu_node("node-b"))
     cluster.core.patch_node("node-b", {"spec": {"taints": None}})
 
@@ -506,6 +507,10 @@ def test_two_jobs_each_holding_one_of_two_gpu_nodes_both_finish(cluster):
         cluster.create(ns, TRAIN, "big-b", spec)
         wait_for(lambda: set(bound("big-b").values()) == {"node-b"} or None, 30, "big-b half placed on node-b")
         cordon("node-a", False)
+        time.sleep(1)  # deadlocked: each holds one node and waits for the other
+        assert set(bound("big-a").values()) == {"node-a"} and set(bound("big-b").values()) == {"node-b"}
+        for job in ("big-a", "big-b"):
+            cluster.patch_spec(ns, TRAIN, job, {"scheduling": {"startupTimeoutSeconds": 5}})
 
         def kubelet_step():
             # The test is the kubelet: bound pods run; a gang with every worker running finishes.

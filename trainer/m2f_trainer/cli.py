@@ -23,6 +23,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "validate": ("m2f_spec.cli", "validate an experiment spec and print it resolved"),
     "schema": ("m2f_spec.cli", "print the JSON Schema of the experiment spec"),
     "data": ("m2f_trainer.data.cli", "dataset tools: `data check`, `data synth`"),
+    "curves": ("m2f_trainer.tasks.curves", "draw a run's loss and validation curves (PNG) from its metrics.jsonl"),
     "convert-checkpoint": ("m2f_trainer.model.convert", "convert HF / detectron2 Mask2Former weights"),
 }
 # Commands other distributions contribute (the dev cluster's `m2f dev`): entry points in this group, each
