@@ -18,6 +18,7 @@ import uuid
 from collections.abc import Iterator
 
 from kubernetes.client import CoordinationV1Api
+from kubernetes.client.rest import ApiException
 from kubernetes.leaderelection import electionconfig, leaderelection
 from kubernetes.leaderelection.resourcelock.leaselock import LeaseLock
 
@@ -41,15 +42,65 @@ def _lost_leadership() -> None:
     os._exit(LOST_LEADERSHIP_EXIT_CODE)
 
 
+class _BoundedLeaseApi:
+    """The Lease calls with a timeout below the renew deadline: a hung request must fail in time for this
+    replica to notice it no longer holds the lease."""
+
+    def __init__(self, api: CoordinationV1Api, timeout: float = RETRY_SECONDS * 2) -> None:
+        self._api, self._timeout = api, timeout
+
+    def __getattr__(self, name: str):
+        call = getattr(self._api, name)
+        return lambda *args, **kwargs: call(*args, _request_timeout=self._timeout, **kwargs)
+
+
+class _Lock(LeaseLock):
+    """The client's LeaseLock answers an unreachable API server (a connection error, a timeout) by raising,
+    which would end the elector's thread silently; here it is a failed attempt, retried like any other."""
+
+    def get(self, name, namespace):
+        try:
+            return super().get(name, namespace)
+        except Exception as exc:  # noqa: BLE001 - any failure to read is "not acquired / not renewed"
+            log.warning("reading lease %s/%s failed: %s", namespace, name, exc)
+            # The elector reads an error's code from its body and logs its reason: an ApiException without a code.
+            return False, ApiException(status=0, reason=f"{type(exc).__name__}: {exc}")
+
+    def create(self, name, namespace, election_record):
+        try:
+            return super().create(name, namespace, election_record)
+        except Exception as exc:  # noqa: BLE001
+            log.warning("creating lease %s/%s failed: %s", namespace, name, exc)
+            return False
+
+    def update(self, name, namespace, updated_record):
+        try:
+            return super().update(name, namespace, updated_record)
+        except Exception as exc:  # noqa: BLE001
+            log.warning("renewing lease %s/%s failed: %s", namespace, name, exc)
+            return False
+
+
+def _campaign(elector: leaderelection.LeaderElection) -> None:
+    """The elector returns only after losing the lease (it then calls _lost_leadership); should it ever end
+    another way, this process can no longer know whether it leads: it must stop too."""
+    try:
+        elector.run()
+    except BaseException:  # noqa: BLE001
+        log.exception("leader election failed")
+    _lost_leadership()
+
+
 def start_election(name: str, namespace: str, leading: threading.Event, me: str | None = None) -> str:
     """Campaign for the Lease `namespace/name` on a daemon thread; `leading` is set once this process leads."""
     me = me or identity()
-    lock = LeaseLock(name, namespace, me)
-    lock.api_instance = CoordinationV1Api(load_api_client())  # our credentials, not the client's global default
+    lock = _Lock(name, namespace, me)
+    lock.api_instance = _BoundedLeaseApi(CoordinationV1Api(load_api_client()))  # our credentials, bounded calls
     config = electionconfig.Config(lock, lease_duration=LEASE_SECONDS, renew_deadline=RENEW_DEADLINE_SECONDS,
                                    retry_period=RETRY_SECONDS, onstarted_leading=leading.set,
                                    onstopped_leading=_lost_leadership)
-    threading.Thread(target=leaderelection.LeaderElection(config).run, name="leader-election", daemon=True).start()
+    elector = leaderelection.LeaderElection(config)
+    threading.Thread(target=_campaign, args=(elector,), name="leader-election", daemon=True).start()
     log.info("campaigning for lease %s/%s as %s", namespace, name, me)
     return me
 

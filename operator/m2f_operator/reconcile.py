@@ -91,7 +91,7 @@ def blocked_creation(observed: Observed, blocked: CreateBlocked) -> Plan:
         draft.clear_exclusive(blocked.reason, blocked.message)
     draft.fields["message"] = blocked.message
     draft.events = [] if repeated else [st.Event("Warning", blocked.reason, blocked.message)]
-    draft.set_kstatus(observed.body["metadata"].get("generation"))
+    draft.set_kstatus(observed.body["metadata"].get("generation"), retrying=blocked.retry)
     return Plan(status_patch=draft.patch_against(status), events=draft.events, phase=draft.phase)
 
 
@@ -135,7 +135,9 @@ class _Reconciler:
         # 1. A spec that cannot run: say which field, run nothing, never retry.
         recorded = self.status.get("experimentDigest")
         changed = recorded is not None and recorded != experiment_digest(self.spec.get("experiment"))
-        error = spec_error(self.observed.body, experiment_changed=changed)
+        # The shape in use is judged, not an edit that waits for a suspend (it must never fail a running gang).
+        self.body = self._guard_gang_shape()
+        error = spec_error(self.body, experiment_changed=changed)
         if error:
             if self.draft.phase not in st.TERMINAL_PHASES:
                 self.draft.transition(st.INVALID_SPEC, "InvalidSpec", error, warning=True)
@@ -146,7 +148,6 @@ class _Reconciler:
         if self.draft.phase == st.INVALID_SPEC:
             self.draft.transition(st.PENDING, "SpecFixed", "the spec is valid again")
         self._guard_experiment()
-        self.body = self._guard_gang_shape()
         if self.draft.phase == st.FAILED_CREATE:
             # Written only if the creates succeed this time; otherwise blocked_creation replaces the status.
             self.draft.transition(st.PENDING, "CreateRetried", "the children could be created")
@@ -328,7 +329,7 @@ class _Reconciler:
             gang = build_gang(body, stage, attempt, self.observed.defaults)
             # ConfigMap and Service are idempotent creates (AlreadyExists is fine): no read needed.
             self.plan.creates += [build_configmap(body, self.observed.defaults.results_root), build_service(body)]
-            pod_group = build_pod_group(body, stage.role, stage.replicas)  # before its pods: the scheduler waits for it
+            pod_group = build_pod_group(body, stage.role, stage.replicas, attempt)  # before its pods
             if pod_group is not None:
                 self.plan.creates.append(pod_group)
             self.plan.creates += [gang[i] for i in missing]
@@ -380,11 +381,16 @@ class _Reconciler:
         if blocked is None:  # every pod started (some may have finished already)
             self.draft.fields.pop("startupStartTime", None)
             return
+        previous = self.draft.condition(st.STARTED) or {}
         if blocked is not None and blocked.reason in startup.BLOCKING_WAITING_REASONS:  # Unschedulable: Scheduled
-            previous = self.draft.condition(st.STARTED) or {}
-            if previous.get("message") != blocked.message:
+            # One Event per pod and cause while it lasts: the kubelet alternates ErrImagePull and ImagePullBackOff.
+            cause = (blocked.message.split(":", 1)[0], startup.same_cause(blocked.reason))
+            seen = (previous.get("message", "").split(":", 1)[0], startup.same_cause(previous.get("reason", "")))
+            if previous.get("status") != "False" or cause != seen:
                 self.draft.emit(blocked.reason, blocked.message, warning=True)
             self.draft.set_condition(st.STARTED, False, blocked.reason, blocked.message)
+        elif previous.get("status") == "False":
+            self.draft.set_condition(st.STARTED, True, "NotBlocked", "no container is blocked from starting")
         since = parse_time(self.draft.fields.setdefault("startupStartTime", format_time(self.observed.now)))
         timeout = startup.startup_timeout(self.spec, stage.replicas)
         if timeout is None or (self.observed.now - since).total_seconds() < timeout:
@@ -394,6 +400,8 @@ class _Reconciler:
         why = f": {blocked.message}" if blocked is not None else ""
         message = (f"{running}/{stage.replicas} {stage.role} pod(s) running after startupTimeoutSeconds {timeout}{why}; "
                    f"the gang is deleted and retried in {delay:.0f} s (not counted against backoffLimit)")
+        # Written before `restarts` moves: counted restarts fall back to the attempt number where the field is absent.
+        self.draft.fields.setdefault("restartsCountTowardsLimit", attempt)
         self.draft.fields.update(restarts=attempt + 1, startupRetries=retries + 1,
                                  nextAttemptTime=format_time(self.observed.now + timedelta(seconds=delay)))
         self.draft.fields.pop("startupStartTime", None)
@@ -420,8 +428,8 @@ class _Reconciler:
         shape = {key: self.spec[key] for key in SHAPE_FIELDS if key in self.spec}
         recorded = self.draft.fields.get("gangShape")
         # Not started yet (or its creates refused): nothing runs that the edit could contradict.
-        idle = self.draft.phase == st.SUSPENDED or (
-            self.draft.phase in (st.PENDING, st.WAITING_FOR_TRAIN, st.FAILED_CREATE) and not self.pods)
+        idle = self.draft.phase == st.SUSPENDED or bool(self.spec.get("suspend")) or (
+            self.draft.phase in (st.PENDING, st.WAITING_FOR_TRAIN, st.FAILED_CREATE, st.INVALID_SPEC) and not self.pods)
         if recorded is None or recorded == shape or idle:
             self.draft.fields["gangShape"] = shape
             if self.draft.is_true(st.SHAPE_CHANGED):

@@ -18,6 +18,15 @@ EXPECTED = {
     "Succeeded": ("Healthy", "Current"), "Suspended": ("Suspended", "Current"),
     "Failed": ("Degraded", "Failed"), "InvalidSpec": ("Degraded", "Failed"), "FailedCreate": ("Degraded", "Failed"),
 }
+RETRIED_FAILED_CREATE = ("Progressing", "InProgress")  # a refused create the operator retries by itself
+
+
+def expected(obj: dict) -> tuple[str, str]:
+    """What Argo CD and kstatus should read from an object, by its phase (and, for FailedCreate, whether the
+    operator retries it: Stalled=False)."""
+    phase = obj["status"]["phase"]
+    stalled = any(c["type"] == "Stalled" and c["status"] == "True" for c in obj["status"].get("conditions", []))
+    return RETRIED_FAILED_CREATE if phase == "FailedCreate" and not stalled else EXPECTED[phase]
 
 
 def health_lua() -> str:
@@ -66,7 +75,7 @@ def kstatus(obj: dict) -> str:
     return "Current"
 
 
-def record(obj: dict, backend: str) -> None:
+def record(obj: dict, backend: str, suffix: str = "") -> None:
     """With M2F_RECORD_STATUSES set, keep a live object as a fixture (how fixtures/statuses was made)."""
     if not os.environ.get("M2F_RECORD_STATUSES"):
         return
@@ -74,5 +83,5 @@ def record(obj: dict, backend: str) -> None:
             "metadata": {"name": obj["metadata"]["name"], "generation": obj["metadata"]["generation"]},
             "spec": {k: v for k, v in obj["spec"].items() if k != "experiment"}, "status": obj["status"]}
     kept["status"].pop("kopf", None)
-    name = f"{backend}-{obj['kind']}-{obj['status']['phase']}.json"
+    name = f"{backend}-{obj['kind']}-{obj['status']['phase']}{suffix}.json"
     (FIXTURES / name).write_text(json.dumps(kept, indent=1, sort_keys=True) + "\n")

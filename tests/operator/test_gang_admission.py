@@ -27,8 +27,8 @@ def _gang(scheduling: dict, attempt: int = 0, **spec) -> list[dict]:
         ({"gang": "none"}, {}, {}, None),
         (KUEUE, {"kueue.x-k8s.io/queue-name": "team-a", "kueue.x-k8s.io/pod-group-name": "run-worker-0"},
          {"kueue.x-k8s.io/pod-group-total-count": "2", "kueue.x-k8s.io/retriable-in-group": "false"}, None),
-        ({"gang": "coscheduling"}, {"scheduling.x-k8s.io/pod-group": "run-worker"}, {}, None),
-        ({"gang": "volcano", "queueName": "q"}, {}, {"scheduling.k8s.io/group-name": "run-worker"}, "volcano"),
+        ({"gang": "coscheduling"}, {"scheduling.x-k8s.io/pod-group": "run-worker-0"}, {}, None),
+        ({"gang": "volcano", "queueName": "q"}, {}, {"scheduling.k8s.io/group-name": "run-worker-0"}, "volcano"),
     ],
 )
 def test_pods_carry_what_their_gang_scheduler_reads(scheduling, labels, annotations, scheduler):
@@ -41,10 +41,14 @@ def test_pods_carry_what_their_gang_scheduler_reads(scheduling, labels, annotati
         assert pod["spec"].get("schedulerName") == scheduler
 
 
-def test_kueue_admits_each_attempt_as_a_new_group():
-    (first, _), (restarted, _) = _gang(KUEUE, attempt=0), _gang(KUEUE, attempt=3)
-    assert first["metadata"]["labels"]["kueue.x-k8s.io/pod-group-name"] == "run-worker-0"
-    assert restarted["metadata"]["labels"]["kueue.x-k8s.io/pod-group-name"] == "run-worker-3"
+@pytest.mark.parametrize(("scheduling", "where", "key"), [
+    (KUEUE, "labels", "kueue.x-k8s.io/pod-group-name"),
+    ({"gang": "coscheduling"}, "labels", "scheduling.x-k8s.io/pod-group"),
+    ({"gang": "volcano"}, "annotations", "scheduling.k8s.io/group-name"),
+])
+def test_each_attempt_is_a_new_group(scheduling, where, key):
+    (first, _), (restarted, _) = _gang(scheduling, attempt=0), _gang(scheduling, attempt=3)
+    assert first["metadata"][where][key] == "run-worker-0" and restarted["metadata"][where][key] == "run-worker-3"
 
 
 def test_a_users_scheduler_name_and_priority_class_win():
@@ -68,12 +72,12 @@ def test_a_users_scheduler_name_and_priority_class_win():
 )
 def test_pod_group_for_the_gang_schedulers_that_need_one(scheduling, expected):
     body = resource(nodes=2, scheduling=scheduling)
-    group = build_pod_group(body, "worker", 2)
+    group = build_pod_group(body, "worker", 2, attempt=1)
     if expected is None:
         assert group is None
         return
     assert {k: group[k] for k in ("apiVersion", "spec")} == expected
-    assert group["kind"] == "PodGroup" and group["metadata"]["name"] == "run-worker"
+    assert group["kind"] == "PodGroup" and group["metadata"]["name"] == "run-worker-1"
     (owner,) = group["metadata"]["ownerReferences"]
     assert (owner["uid"], owner["controller"]) == ("uid-run", True)
 

@@ -371,6 +371,11 @@ def test_a_pod_the_api_rejects_is_failed_create_until_the_spec_is_fixed(cluster)
     created = cluster.condition(ns, TRAIN, "run", "Created")
     assert (created["status"], created["reason"]) == ("False", "FailedCreate")
     assert "Pod run-worker-0 was rejected: 422:" in status["message"] and '"1BAD"' in status["message"]
+    from gitops_health import EXPECTED, argo_health, kstatus, record
+
+    obj = cluster.get(ns, TRAIN, "run")
+    assert (argo_health(obj)[0], kstatus(obj)) == EXPECTED["FailedCreate"]  # only a spec edit heals it
+    record(obj, cluster.backend)
     time.sleep(2)
     assert cluster.events(ns, "run").count(("Warning", "FailedCreate")) == 1  # no retry storm
     cluster.patch_spec(ns, TRAIN, "run", {"env": [{"name": "GOOD", "value": "x"}]})
@@ -386,11 +391,11 @@ def test_a_missing_service_account_is_retried_until_it_exists(cluster):
     cluster.create(ns, TRAIN, "run", train_spec(nodes=1, serviceAccountName="trainer"))
     status = cluster.wait_phase(ns, TRAIN, "run", "FailedCreate")
     assert "403" in status["message"] and "error looking up service account" in status["message"], status
-    from gitops_health import EXPECTED, argo_health, kstatus, record
+    from gitops_health import RETRIED_FAILED_CREATE, argo_health, kstatus, record
 
     obj = cluster.get(ns, TRAIN, "run")
-    assert (argo_health(obj)[0], kstatus(obj)) == EXPECTED["FailedCreate"]
-    record(obj, cluster.backend)
+    assert (argo_health(obj)[0], kstatus(obj)) == RETRIED_FAILED_CREATE  # the operator heals it by itself
+    record(obj, cluster.backend, "-retried")
     cluster.core.create_namespaced_service_account(ns, {"metadata": {"name": "trainer"}})
     # Retried with backoff (1, 2, 5, 10 s ...) without any edit of the resource.
     cluster.wait_pods(ns, ["run-worker-0"], timeout=60)
@@ -428,10 +433,10 @@ def _install_pod_group_crds(cluster) -> None:
     [
         ({"gang": "coscheduling", "startupTimeoutSeconds": 120},
          ("scheduling.x-k8s.io", "v1alpha1", {"minMember": 2, "scheduleTimeoutSeconds": 120}),
-         {"scheduling.x-k8s.io/pod-group": "run-worker"}, {}),
+         {"scheduling.x-k8s.io/pod-group": "run-worker-0"}, {}),
         ({"gang": "volcano", "queueName": "research"},
          ("scheduling.volcano.sh", "v1beta1", {"minMember": 2, "queue": "research"}),
-         {}, {"scheduling.k8s.io/group-name": "run-worker"}),
+         {}, {"scheduling.k8s.io/group-name": "run-worker-0"}),
         ({"gang": "kueue", "queueName": "team-a"}, None,
          {"kueue.x-k8s.io/queue-name": "team-a", "kueue.x-k8s.io/pod-group-name": "run-worker-0"},
          {"kueue.x-k8s.io/pod-group-total-count": "2", "kueue.x-k8s.io/retriable-in-group": "false"}),
@@ -447,7 +452,7 @@ def test_gang_schedulers_see_the_gang(cluster, scheduling, group, labels, annota
         assert annotations.items() <= (pod.metadata.annotations or {}).items()
     if group is not None:
         api_group, version, spec = group
-        pod_group = cluster.custom.get_namespaced_custom_object(api_group, version, ns, "podgroups", "run-worker")
+        pod_group = cluster.custom.get_namespaced_custom_object(api_group, version, ns, "podgroups", "run-worker-0")
         assert pod_group["spec"] == spec
         (owner,) = pod_group["metadata"]["ownerReferences"]
         assert (owner["kind"], owner["name"], owner["controller"]) == (TRAIN, "run", True)

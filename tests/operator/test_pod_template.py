@@ -98,6 +98,16 @@ def test_dedicated_spec_fields_win_over_the_template():
         ({"spec": {"containers": [{"image": "a"}]}}, "spec.podTemplate.spec.containers: must be a list of containers"),
         ({"spec": {"volumes": [{"name": "dshm", "emptyDir": {}}]}}, "spec.podTemplate.spec.volumes[0].name: 'dshm' is reserved"),
         ({"metadata": {"labels": {meta.LABEL_ATTEMPT: "9"}}}, "spec.podTemplate.metadata.labels: 'mask2former.io/attempt' is reserved"),
+        # Wrong types in what the operator merges: named, never an exception inside the reconcile.
+        ({"metadata": {"labels": ["a"]}}, "spec.podTemplate.metadata.labels: must map strings to strings"),
+        ({"spec": {"securityContext": "x"}}, "spec.podTemplate.spec.securityContext: must be a dict"),
+        ({"spec": {"terminationGracePeriodSeconds": "60"}}, "spec.podTemplate.spec.terminationGracePeriodSeconds: must be an int"),
+        ({"spec": {"containers": [{"name": "m2f", "env": ["A=1"]}]}}, "spec.podTemplate.spec.containers[0].env: each entry"),
+        ({"spec": {"containers": [{"name": "m2f", "ports": [9000]}]}}, "spec.podTemplate.spec.containers[0].ports: each entry"),
+        ({"spec": {"containers": [{"name": "m2f", "resources": "big"}]}}, "spec.podTemplate.spec.containers[0].resources: must be a dict"),
+        ({"spec": {"containers": [{"name": "m2f", "resources": {"limits": ["x"]}}]}},
+         "spec.podTemplate.spec.containers[0].resources.limits: must be a dict"),
+        ({"spec": {"volumes": ["cache"]}}, "spec.podTemplate.spec.volumes: each volume must be an object"),
     ],
 )
 def test_fields_the_operator_owns_are_an_invalid_spec(template, error):
@@ -108,3 +118,16 @@ def test_a_template_volume_and_a_spec_volume_may_not_share_a_name():
     body = resource(podTemplate={"spec": {"volumes": [{"name": "data", "emptyDir": {}}]}},
                     volumes=[{"name": "data", "persistentVolumeClaim": {"claimName": "d"}}])
     assert spec_error(body).startswith("spec.volumes[0].name: 'data' is used by another volume")
+
+
+@pytest.mark.parametrize("template", [
+    {"metadata": {"labels": ["a"]}}, {"spec": {"securityContext": "x"}}, {"spec": {"terminationGracePeriodSeconds": "x"}},
+    {"spec": {"containers": [{"name": "m2f", "env": ["A"], "ports": [1]}]}}, {"spec": {"volumes": ["v"]}},
+])
+def test_a_template_the_builders_cannot_read_is_an_invalid_spec_not_a_crash(template):
+    from reconcile_factories import NOW
+
+    from m2f_operator.reconcile import Observed, reconcile
+
+    plan = reconcile(Observed(resource(nodes=2, podTemplate=template), [], NOW))
+    assert plan.phase == "InvalidSpec" and plan.creates == []

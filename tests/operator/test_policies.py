@@ -208,3 +208,34 @@ def test_startup_retry_delay_is_exponential_capped_and_jittered_per_resource():
         assert 0.5 * nominal <= retry_delay("uid-a", retries) < 1.5 * nominal
     assert retry_delay("uid-a", 0) == retry_delay("uid-a", 0)  # a pure function of its inputs
     assert len({round(retry_delay(f"uid-{i}", 0), 3) for i in range(20)}) == 20  # jobs retry apart
+
+
+def _with_sidecar(trainer_state: dict, phase: str = "Running") -> dict:
+    body = pod(index=0, phase=phase)
+    body["status"]["containerStatuses"] = [  # the kubelet sorts by name: the sidecar comes first
+        {"name": "envoy", "state": {"terminated": {"exitCode": 0, "reason": "Completed"}}},
+        {"name": "m2f", "state": trainer_state},
+    ]
+    return body
+
+
+def test_the_trainers_container_decides_even_behind_a_sidecar():
+    failed = views([_with_sidecar({"terminated": {"exitCode": 2, "message": "error: bad spec"}}, phase="Failed")])
+    assert (failed[0].exit_code, failed[0].message) == (2, "error: bad spec")
+    assert decide_failure({}, 0, failed, NOW).action == "fail"
+    running = views([_with_sidecar({"running": {}})])
+    assert running[0].exit_code is None and running[0].phase == "Running"
+
+
+def test_a_trainer_that_ended_while_a_sidecar_runs_on_is_its_outcome_and_is_cleaned_up():
+    (done,) = views([_with_sidecar({"terminated": {"exitCode": 0}})])
+    assert done.phase == "Succeeded" and done.lingering
+    assert pods_to_clean({}, [done]) == ["run-worker-0"]  # it still holds the node's resources
+    assert pods_to_clean({"cleanPodPolicy": "None"}, [done]) == []
+
+
+def test_a_pod_held_by_a_scheduling_gate_is_not_unschedulable():
+    gated = pod(index=0, phase="Pending", gated=True)
+    gated["status"]["conditions"] = [{"type": "PodScheduled", "status": "False", "reason": "SchedulingGated"}]
+    (view,) = views([gated])
+    assert view.gated and view.unschedulable == ""

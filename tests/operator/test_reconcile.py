@@ -439,6 +439,10 @@ def test_a_container_that_cannot_start_is_a_condition_with_the_kubelets_reason()
     assert started["message"] == 'pod run-worker-1: ImagePullBackOff: Back-off pulling image "nope"'
     assert [(e.type, e.reason) for e in plan.events] == [("Warning", "ImagePullBackOff")]
     assert run(applied(body, plan), pods).events == []  # while it lasts: no new Event
+    flipped = [pod(index=0), pod(index=1, phase="Pending", waiting=("ErrImagePull", "rpc error: not found"))]
+    assert run(applied(body, plan), flipped).events == []  # the kubelet's other name for the same cause
+    pulled = run(applied(body, plan), [pod(index=0), pod(index=1, phase="Pending")])
+    assert condition(applied(body, pulled), "Started")["status"] == "True"  # no longer blocked
     running = run(applied(body, plan), gang())
     assert condition(applied(body, running), "Started")["status"] == "True" and running.phase == "Running"
 

@@ -4,6 +4,7 @@
 - `kueue`: Kueue's plain pod groups. Every pod carries the LocalQueue (`kueue.x-k8s.io/queue-name`), a group
   name per attempt and the group's size; Kueue's webhook gates the pods until the whole group is admitted.
   A failed pod ends its group (`retriable-in-group: false`): the operator's restart is a new group.
+  Every gang scheduler gets one group per attempt, named `<name>-<role>-<attempt>`.
 - `coscheduling` (kubernetes-sigs/scheduler-plugins): a `scheduling.x-k8s.io/v1alpha1` PodGroup with
   minMember = the gang, and the pods labelled with it. `spec.schedulerName` names the scheduler that runs
   the plugin when it is not the default one.
@@ -35,13 +36,9 @@ def gang_kind(spec: dict) -> str:
     return (spec.get("scheduling") or {}).get("gang") or "none"
 
 
-def pod_group_name(body: dict, role: str) -> str:
-    """One PodGroup per stage: its pods are recreated under it on every restart (as Volcano's own jobs do)."""
-    return f"{body['metadata']['name']}-{role}"
-
-
-def kueue_group_name(body: dict, role: str, attempt: int) -> str:
-    """Kueue's pod group is per attempt: a failed pod ends the group, and the restart is admitted anew."""
+def pod_group_name(body: dict, role: str, attempt: int) -> str:
+    """One group per attempt, for every gang scheduler: a restarted gang is admitted anew (Kueue ends a group
+    when one of its pods fails), and a shape edited while suspended gets a PodGroup of its own minMember."""
     return f"{body['metadata']['name']}-{role}-{attempt}"
 
 
@@ -54,12 +51,12 @@ def pod_metadata(body: dict, role: str, replicas: int, attempt: int) -> tuple[di
     spec = body["spec"]
     kind, queue = gang_kind(spec), (spec.get("scheduling") or {}).get("queueName")
     if kind == "kueue":
-        labels = {KUEUE_QUEUE_LABEL: queue, KUEUE_GROUP_LABEL: kueue_group_name(body, role, attempt)}
+        labels = {KUEUE_QUEUE_LABEL: queue, KUEUE_GROUP_LABEL: pod_group_name(body, role, attempt)}
         return labels, {KUEUE_TOTAL_ANNOTATION: str(replicas), KUEUE_RETRIABLE_ANNOTATION: "false"}
     if kind == "coscheduling":
-        return {COSCHEDULING_LABEL: pod_group_name(body, role)}, {}
+        return {COSCHEDULING_LABEL: pod_group_name(body, role, attempt)}, {}
     if kind == "volcano":
-        return {}, {VOLCANO_GROUP_ANNOTATION: pod_group_name(body, role)}
+        return {}, {VOLCANO_GROUP_ANNOTATION: pod_group_name(body, role, attempt)}
     return {}, {}
 
 
@@ -69,7 +66,7 @@ def scheduler_name(spec: dict) -> str | None:
     return VOLCANO_SCHEDULER if gang_kind(spec) == "volcano" else None
 
 
-def build_pod_group(body: dict, role: str, replicas: int) -> dict | None:
+def build_pod_group(body: dict, role: str, replicas: int, attempt: int) -> dict | None:
     """The PodGroup a coscheduling or Volcano gang needs before its pods; None for the others."""
     spec, kind = body["spec"], gang_kind(body["spec"])
     scheduling = spec.get("scheduling") or {}
@@ -88,5 +85,6 @@ def build_pod_group(body: dict, role: str, replicas: int) -> dict | None:
         api_version = VOLCANO_API_VERSION
     else:
         return None
-    metadata = meta.child_metadata(body, pod_group_name(body, role), {meta.LABEL_ROLE: role})
+    metadata = meta.child_metadata(body, pod_group_name(body, role, attempt),
+                                   {meta.LABEL_ROLE: role, meta.LABEL_ATTEMPT: str(attempt)})
     return {"apiVersion": api_version, "kind": "PodGroup", "metadata": metadata, "spec": group_spec}

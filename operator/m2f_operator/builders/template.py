@@ -3,8 +3,9 @@
 Anything a pod can have comes from the template (runtimeClassName, init and sidecar containers, topology
 spread, host network, resource claims, and on the container named `m2f`: envFrom, probes, lifecycle,
 a securityContext adding IPC_LOCK for RDMA...). What the operator needs to run a gang is its own, listed in
-OWNED_* below: the template may not set it (InvalidSpec names the field); the dedicated spec fields
-(`nodeSelector`, `volumes`, `securityContext`, ...) are merged over the template's.
+OWNED_* below: the template may not set it (InvalidSpec names the field). The dedicated spec fields win over
+the template's: scalars and `nodeSelector`/`tolerations`/`affinity`/`imagePullSecrets` replace them,
+`securityContext`/`resources` merge key by key, `volumes`/`volumeMounts`/`env` are appended.
 """
 
 from __future__ import annotations
@@ -67,6 +68,9 @@ def template_error(spec: dict) -> str | None:
         return None
     if not isinstance(template, dict) or not all(isinstance(template.get(k) or {}, dict) for k in ("metadata", "spec")):
         return "spec.podTemplate: must be a PodTemplateSpec (an object with metadata and spec)"
+    error = _shape_error(template)
+    if error:
+        return error
     error = owned_label_error((template.get("metadata") or {}).get("labels"), "spec.podTemplate.metadata.labels")
     if error:
         return error
@@ -97,4 +101,52 @@ def template_error(spec: dict) -> str | None:
             path = str(mount.get("mountPath", "")).rstrip("/") if isinstance(mount, dict) else ""
             if path in meta.RESERVED_MOUNT_PATHS:
                 return f"{field}.volumeMounts[{mount_index}].mountPath: {path!r} is reserved (the operator mounts it)"
+    return None
+
+
+# The template fields the operator reads or merges, and the JSON type each must have (the API server checks the
+# rest when the pod is created: a wrong type there is a FailedCreate naming the field).
+_POD_SPEC_TYPES = {"securityContext": dict, "volumes": list, "serviceAccountName": str,
+                   "automountServiceAccountToken": bool, "terminationGracePeriodSeconds": int, "containers": list}
+_CONTAINER_TYPES = {"env": list, "ports": list, "volumeMounts": list, "resources": dict, "securityContext": dict,
+                    "envFrom": list, "imagePullPolicy": str}
+
+
+def _type_error(value, expected: type, field: str) -> str | None:
+    if value is None:
+        return None
+    if not isinstance(value, expected) or (expected is int and isinstance(value, bool)):
+        return f"{field}: must be {'an' if expected is int else 'a'} {expected.__name__}, got {value!r}"[:300]
+    return None
+
+
+def _shape_error(template: dict) -> str | None:
+    metadata, pod_spec = template.get("metadata") or {}, template.get("spec") or {}
+    for key in ("labels", "annotations"):
+        values = metadata.get(key)
+        if values is not None and not (isinstance(values, dict) and all(
+                isinstance(k, str) and isinstance(v, str) for k, v in values.items())):
+            return f"spec.podTemplate.metadata.{key}: must map strings to strings"
+    for key, expected in _POD_SPEC_TYPES.items():
+        error = _type_error(pod_spec.get(key), expected, f"spec.podTemplate.spec.{key}")
+        if error:
+            return error
+    if any(not isinstance(v, dict) for v in pod_spec.get("volumes") or []):
+        return "spec.podTemplate.spec.volumes: each volume must be an object"
+    for index, container in enumerate(pod_spec.get("containers") or []):
+        if not isinstance(container, dict):
+            continue  # named by template_error
+        field = f"spec.podTemplate.spec.containers[{index}]"
+        for key, expected in _CONTAINER_TYPES.items():
+            error = _type_error(container.get(key), expected, f"{field}.{key}")
+            if error:
+                return error
+        for key in ("env", "ports", "volumeMounts", "envFrom"):
+            if any(not isinstance(item, dict) for item in container.get(key) or []):
+                return f"{field}.{key}: each entry must be an object"
+        resources = container.get("resources") or {}
+        for key in ("limits", "requests"):
+            error = _type_error(resources.get(key), dict, f"{field}.resources.{key}")
+            if error:
+                return error
     return None

@@ -1,7 +1,7 @@
 """Cleanup policy: which pods of a finished resource to delete (spec.cleanPodPolicy).
 
-Running (default): pods still running after the outcome is known; All: every pod; None: keep all,
-e.g. to read logs (finished pods hold no resources either way).
+Running (default): pods still running after the outcome is known (a pod whose trainer ended while a sidecar
+runs on counts as running); All: every pod; None: keep all, e.g. to read logs.
 """
 
 from __future__ import annotations
@@ -18,4 +18,5 @@ def pods_to_clean(spec: dict, pods: list[PodView]) -> list[str]:
     candidates = [pod for pod in pods if not pod.terminating]
     if policy == "All":
         return [pod.name for pod in candidates]
-    return [pod.name for pod in candidates if not pod.finished]
+    # A pod whose trainer ended while a sidecar runs on still holds its node's resources.
+    return [pod.name for pod in candidates if not pod.finished or pod.lingering]

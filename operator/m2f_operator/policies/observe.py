@@ -6,6 +6,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 
 from m2f_operator.builders import meta
+from m2f_operator.builders.template import MAIN_CONTAINER
 
 # A pod whose deletion deadline passed this long ago sits on a lost node: its kubelet will never confirm.
 STUCK_TERMINATING_MARGIN = timedelta(seconds=30)
@@ -50,6 +51,7 @@ class PodView:
     waiting_reason: str = ""
     waiting_message: str = ""
     gated: bool = False  # held by a scheduling gate (a queue manager such as Kueue has not admitted it)
+    lingering: bool = False  # the trainer's container ended, a sidecar still runs: the pod holds its resources
 
     @classmethod
     def of(cls, pod: dict) -> PodView:
@@ -59,27 +61,37 @@ class PodView:
         conditions = [c for c in status.get("conditions") or [] if c.get("status") == "True"]
         waiting = next(((c.get("state") or {}).get("waiting") for c in status.get("containerStatuses") or []
                         if (c.get("state") or {}).get("waiting")), None) or {}
-        for container in status.get("containerStatuses") or []:
+        statuses = status.get("containerStatuses") or []
+        # The trainer's container decides (the kubelet sorts statuses by name: a sidecar may come first).
+        statuses = [c for c in statuses if c.get("name") == MAIN_CONTAINER] or statuses
+        for container in statuses:
             terminated = (container.get("state") or {}).get("terminated")
             if terminated:
                 exit_code = int(terminated.get("exitCode", 0))
                 message = (terminated.get("message") or terminated.get("reason") or message or "").strip()
                 finished_at = parse_time(terminated.get("finishedAt"))
                 break
+        phase, lingering = status.get("phase", "Pending"), False
+        if exit_code is not None and phase in ("Pending", "Running"):
+            # The trainer ended but a sidecar keeps the pod running: the pod's outcome is the trainer's.
+            phase, lingering = ("Succeeded" if exit_code == 0 else "Failed"), True
         return cls(
             name=metadata["name"],
             role=labels.get(meta.LABEL_ROLE, "worker"),
             index=int(labels.get(meta.LABEL_REPLICA_INDEX, 0)),
             attempt=int(labels.get(meta.LABEL_ATTEMPT, 0)),
-            phase=status.get("phase", "Pending"),
+            phase=phase,
+            lingering=lingering,
             reason=status.get("reason", ""),
             exit_code=exit_code,
             message=message,
             deletion_deadline=parse_time(metadata.get("deletionTimestamp")),
             finished_at=finished_at,
+            # A pod held by a scheduling gate is queued, not unschedulable.
             unschedulable=next((c.get("message") or c.get("reason") or "unschedulable"
                                 for c in status.get("conditions") or []
-                                if c.get("type") == "PodScheduled" and c.get("status") == "False"), ""),
+                                if c.get("type") == "PodScheduled" and c.get("status") == "False"
+                                and c.get("reason") != "SchedulingGated"), ""),
             conditions=frozenset(c["type"] for c in conditions if c.get("type")),
             disruption_reason=next((c.get("reason", "") for c in conditions if c.get("type") == "DisruptionTarget"), ""),
             created_at=parse_time(metadata.get("creationTimestamp")),

@@ -66,3 +66,8 @@ def retry_delay(uid: str, retries: int) -> float:
     timed out together retry apart, and the reconcile stays a pure function of its inputs."""
     jitter = int.from_bytes(hashlib.sha256(f"{uid}/{retries}".encode()).digest()[:8], "big") / 2**64
     return min(BACKOFF_BASE_SECONDS * 2**retries, BACKOFF_CAP_SECONDS) * (0.5 + jitter)
+
+
+def same_cause(reason: str) -> str:
+    """Waiting reasons that are one cause seen at two moments (the kubelet alternates them while retrying)."""
+    return "ImagePull" if reason in ("ErrImagePull", "ImagePullBackOff") else reason
