@@ -309,6 +309,16 @@ class _Reconciler:
             self.draft.fields["metrics"] = {
                 str(k): round(float(v), 4) for k, v in metrics.items() if isinstance(v, (int, float)) and not isinstance(v, bool)
             }
+            # The last progress read may predate the final validation (rank 0 ended before the next read): the
+            # printer column shows the final value.
+            progress = self.draft.fields.get("progress") or {}
+            if stage.task == "train" and progress.get("totalEpochs"):
+                progress = {**progress, "epoch": progress["totalEpochs"]}  # exit 0: every epoch was trained
+                self.draft.fields["progress"] = progress
+            last = progress.get("lastMetric") or {}
+            if last.get("name") in self.draft.fields["metrics"]:
+                self.draft.fields["progress"] = {**self.draft.fields["progress"], "lastMetric": {
+                    **last, "value": self.draft.fields["metrics"][last["name"]]}}
         condition = STAGE_CONDITIONS.get(stage.role)
         if condition:
             path = artifacts["onnxFile"] if stage.role == "onnx" else artifacts["engineFile"]

@@ -13,7 +13,8 @@ from m2f_operator import crds
 from m2f_operator.builders import build_configmap, build_gang, build_service, build_stages, meta
 from m2f_operator.validation import spec_error
 
-EXAMPLES = ["train.yaml", "evaluate.yaml", "inference.yaml", "export.yaml"]
+EXAMPLES = ["train.yaml", "evaluate.yaml", "inference.yaml", "export.yaml", "demo/train.yaml", "demo/export.yaml",
+            "demo/inference.yaml"]
 
 
 @pytest.mark.parametrize("folder", ["crds", "charts/mask2former-operator/crds"])

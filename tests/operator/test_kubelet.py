@@ -270,6 +270,10 @@ def test_path_map_rewrites_longest_prefix_in_args_and_files(tmp_path):
     text = "results_dir: /results/a\ndata: [\"/etc/m2f/x\", /other/results]\n"
     assert paths.text(text) == f"results_dir: {tmp_path}/r/a\ndata: [\"{tmp_path}/etc/x\", /other/results]\n"
     assert os.path.isabs(paths.path("/etc/m2f"))
+    # A termination message names files as the container wrote them: mapped back, as a real node reports them.
+    written = json.dumps({"artifacts": {"checkpoint": f"{tmp_path}/s/x.pth", "other": f"{tmp_path}/rx/y"}})
+    assert json.loads(paths.container_text(written))["artifacts"] == {"checkpoint": "/results/special/x.pth",
+                                                                      "other": f"{tmp_path}/rx/y"}
 
 
 def test_kubectl_logs_follow_and_wide_listing(cluster, tmp_path):

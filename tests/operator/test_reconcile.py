@@ -477,3 +477,13 @@ def test_a_worker_that_finishes_first_is_not_a_gang_that_failed_to_start():
     done = applied(body, run(body, gang(phase="Succeeded", exit_code=0)))
     assert done["status"]["phase"] == "Succeeded"
     assert not {"startupStartTime", "startupRetries", "nextAttemptTime"} & set(done["status"])
+
+
+def test_the_final_validation_replaces_a_stale_progress_value():
+    body = applied(resource(nodes=1), run(resource(nodes=1)))
+    body["status"].update(phase="Running", progress={"epoch": 2, "totalEpochs": 3,
+                                                     "lastMetric": {"name": "PQ", "value": 0.009}})
+    done = pod(index=0, phase="Succeeded", exit_code=0, message=json.dumps({"metrics": {"PQ": 0.23576717723}}))
+    status = applied(body, run(body, [done]))["status"]
+    assert status["metrics"] == {"PQ": 0.2358} and status["progress"]["lastMetric"] == {"name": "PQ", "value": 0.2358}
+    assert status["progress"]["epoch"] == 3

@@ -17,7 +17,7 @@ def _write_run(path, restart_at: int | None = None) -> None:
         records.append({"event": "step", "epoch": (step - 1) // 10, "step": step, "loss": 30.0 / step})
         if step % 10 == 0:
             records.append({"event": "validation", "epoch": step // 10 - 1, "val/PQ": step / 50,
-                            "val/SQ": 0.7, "val/num_images": 8})
+                            "val/SQ": 0.7, "val/num_images": 8, "val/N": 5, "val/N_th": 3, "val/PQ_th": 0.1})
         if step == restart_at:
             # Killed after step `restart_at`: the resumed run starts at the last checkpoint (step 20) and
             # rewrites steps 21.. with other values.
@@ -32,7 +32,8 @@ def test_curves_of_a_resumed_run_keep_the_last_record_of_each_step(tmp_path):
     _write_run(metrics, restart_at=25)
     loss, validation, starts = read_curves(metrics)
     assert sorted(loss) == list(range(1, 41)) and loss[21] == 99.0 and loss[26] == 30.0 / 26  # the resumed run wins
-    assert validation["PQ"] == {1: 0.2, 2: 0.4, 3: 0.6, 4: 0.8} and "num_images" not in validation
+    assert validation["PQ"] == {1: 0.2, 2: 0.4, 3: 0.6, 4: 0.8}
+    assert set(validation) == {"PQ", "SQ"}  # not the counts nor the things/stuff breakdowns
     assert starts == [0, 20]
 
 

@@ -313,3 +313,16 @@ def test_rank_zero_serves_the_progress_the_operator_reads(tmp_path):
     assert seen[-1]["updateTime"].endswith("Z") and seen[-1]["imagesPerSecond"] > 0
 
 
+
+
+def test_rank_zero_leaves_the_last_validation_in_its_termination_message(synth_spec, tmp_path, monkeypatch):
+    message = tmp_path / "termination-log"
+    monkeypatch.setenv("M2F_TERMINATION_MESSAGE_PATH", str(message))
+    results = tmp_path / "results"
+    assert main(["train", "-e", str(synth_spec), f"results_dir={results}", "train.num_epochs=1",
+                 "train.metrics_port=0"]) == 0
+    summary = json.loads(message.read_text())
+    last = [r for r in read_jsonl(results / "train" / "metrics.jsonl") if r["event"] == "validation"][-1]
+    assert summary["metrics"]["PQ"] == last["val/PQ"] and "num_images" in summary["metrics"]
+    assert summary["artifacts"] == {"checkpoint": str(results / "train" / LATEST),
+                                    "metrics_file": str(results / "train" / "metrics.jsonl")}

@@ -31,7 +31,7 @@ from m2f_devcluster.kubelet import podspec, status, volumes
 from m2f_devcluster.kubelet.addresses import POD_NETWORK, PodAddresses
 from m2f_devcluster.kubelet.api import KubeletApi
 from m2f_devcluster.kubelet.podnet import PodNetworkProxy
-from m2f_devcluster.kubelet.podspec import PodConfigError
+from m2f_devcluster.kubelet.podspec import PathMap, PodConfigError
 
 logger = logging.getLogger(__name__)
 
@@ -57,6 +57,7 @@ class ContainerRun:
     started_at: str | None = None
     restarts: int = 0
     terminated: dict | None = None
+    paths: PathMap | None = None  # container paths -> this machine's (the termination message is mapped back)
 
 
 @dataclass
@@ -397,7 +398,7 @@ class Kubelet:
             runs.append(ContainerRun(
                 spec=container, argv=podspec.resolve_command(argv, self.bin_dir), env=process_env, cwd=cwd,
                 log_path=log_dir / f"{container['name']}.log",
-                termination_path=volumes.termination_file(run.pod_dir, container)))
+                termination_path=volumes.termination_file(run.pod_dir, container), paths=paths))
         return runs
 
     def _is_running(self, namespace: str, name: str) -> bool:

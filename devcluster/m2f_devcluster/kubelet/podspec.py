@@ -61,6 +61,15 @@ class PathMap:
         return content
 
 
+    def container_text(self, content: str) -> str:
+        """The reverse of `text`: local paths back to what the container saw (a termination message names
+        files as the container wrote them, so the status says /results/..., as on a real node)."""
+        for prefix, local in sorted(self.prefixes.items(), key=lambda item: len(item[1]), reverse=True):
+            pattern = re.compile(r"(?<![\w./-])" + re.escape(local) + r"(?=[/\s\"',\]}]|$)", re.MULTILINE)
+            content = pattern.sub(lambda _match, prefix=prefix: prefix, content)
+        return content
+
+
 def rewrite_cluster_dns(value: str) -> str:
     """Service / pod DNS names of the (emulated) cluster resolve to this machine."""
     return _CLUSTER_DNS.sub("127.0.0.1", value)

@@ -30,7 +30,7 @@ def record_exit(run: PodRun, container: ContainerRun) -> None:
                             "startedAt": container.started_at, "finishedAt": now_rfc3339(),
                             "containerID": f"local://{container.process.pid}"}
     if message.strip():
-        container.terminated["message"] = message.strip()
+        container.terminated["message"] = container.paths.container_text(message.strip()) if container.paths else message.strip()
     logger.info("pod %s: container %s exited with %d", run.label, container.spec["name"], code)
 
 

@@ -13,6 +13,12 @@ from m2f_trainer.errors import UserError
 SKIPPED_VALIDATION_KEYS = ("val/num_images",)
 
 
+def _plotted(name: str) -> bool:
+    """The headline metrics (PQ, SQ, RQ, AP, AP50, mIoU, ...): not the category counts (N, N_th) nor the
+    things/stuff breakdowns (PQ_th, PQ_st), which metrics.json keeps."""
+    return not (name == "N" or name.startswith("N_") or name.endswith(("_th", "_st")))
+
+
 def find_metrics(path: Path) -> Path:
     for candidate in (path, path / "metrics.jsonl", path / "train" / "metrics.jsonl"):
         if candidate.is_file():
@@ -38,7 +44,8 @@ def read_curves(metrics: Path) -> tuple[dict[int, float], dict[str, dict[int, fl
             loss[int(record["step"])] = float(record["loss"])
         elif event == "validation":
             for key, value in record.items():
-                if key.startswith("val/") and key not in SKIPPED_VALIDATION_KEYS and isinstance(value, (int, float)):
+                if (key.startswith("val/") and key not in SKIPPED_VALIDATION_KEYS and _plotted(key.removeprefix("val/"))
+                        and isinstance(value, (int, float))):
                     validation.setdefault(key.removeprefix("val/"), {})[int(record["epoch"]) + 1] = float(value)
         elif event == "start":
             starts.append(int(record.get("step", 0)))
@@ -68,15 +75,17 @@ def draw(metrics: Path, out: Path) -> Path:
     if len(starts) > 1:
         left.plot([], [], color="tab:red", linestyle="--", label="restart (resumed)")
     left.set(title="training loss", xlabel="optimizer step", ylabel="total loss")
-    left.set_yscale("log")
-    left.legend(loc="upper right")
+    values = [loss[s] for s in steps]
+    if min(values) > 0 and max(values) / min(values) > 10:  # a long run's loss spans decades
+        left.set_yscale("log")
+    left.legend(loc="best")
     if validation:
         for name, values in sorted(validation.items()):
             epochs = sorted(values)
             right.plot(epochs, [values[e] for e in epochs], marker="o", label=name)
         right.set(title="validation", xlabel="epoch")
         right.xaxis.set_major_locator(MaxNLocator(integer=True))
-        right.legend(loc="lower right")
+        right.legend(loc="best")
     else:
         right.text(0.5, 0.5, "no validation yet", ha="center", va="center", transform=right.transAxes)
         right.set_axis_off()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import sys
@@ -11,6 +12,7 @@ from typing import Any
 from m2f_spec import parse_task_args, task_results_dir
 from m2f_trainer.engine.signals import EXIT_TERMINATED, is_termination, terminate_on_sigterm
 from m2f_trainer.tasks import setup_logging
+from m2f_trainer.tasks.termination import write_termination_summary
 
 log = logging.getLogger("m2f_trainer.train")
 
@@ -150,5 +152,20 @@ def train(cfg: Any) -> int:
         return 1
     log.info("training finished: %d epochs, %d steps; checkpoints in %s",
              trainer.current_epoch, trainer.global_step, train_dir)
+    if _is_global_rank_zero(plan):
+        write_termination_summary(_last_validation(train_dir / "metrics.jsonl"), {
+            "checkpoint": str(train_dir / "mask2former_model_latest.pth"),
+            "metrics_file": str(train_dir / "metrics.jsonl")})
     return 0
+
+
+def _last_validation(metrics_jsonl: Path) -> dict:
+    """The last validation's metrics (`val/PQ` -> `PQ`), for the termination message the operator reads."""
+    last: dict = {}
+    if metrics_jsonl.is_file():
+        for line in metrics_jsonl.read_text(encoding="utf-8").splitlines():
+            record = json.loads(line) if line.strip() else {}
+            if record.get("event") == "validation":
+                last = {k.removeprefix("val/"): v for k, v in record.items() if k.startswith("val/")}
+    return last
 
