@@ -67,17 +67,17 @@ class _Lock(LeaseLock):
             return False, ApiException(status=0, reason=f"{type(exc).__name__}: {exc}")
 
     def create(self, name, namespace, election_record):
-        try:
-            return super().create(name, namespace, election_record)
-        except Exception as exc:  # noqa: BLE001
-            log.warning("creating lease %s/%s failed: %s", namespace, name, exc)
-            return False
+        return self._attempt("creating", super().create, name, namespace, election_record)
 
     def update(self, name, namespace, updated_record):
+        return self._attempt("renewing", super().update, name, namespace, updated_record)
+
+    @staticmethod
+    def _attempt(what: str, call, name, namespace, record) -> bool:
         try:
-            return super().update(name, namespace, updated_record)
-        except Exception as exc:  # noqa: BLE001
-            log.warning("renewing lease %s/%s failed: %s", namespace, name, exc)
+            return call(name, namespace, record)
+        except Exception as exc:  # noqa: BLE001 - any failure to write is "not acquired / not renewed"
+            log.warning("%s lease %s/%s failed: %s", what, namespace, name, exc)
             return False
 
 
