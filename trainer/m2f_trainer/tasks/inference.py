@@ -7,17 +7,16 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from PIL import Image, ImageDraw
 
 from m2f_spec import parse_task_args, task_results_dir
 from m2f_trainer.engine.signals import EXIT_TERMINATED, is_termination, terminate_on_sigterm
 from m2f_trainer.errors import SpecError
 from m2f_trainer.tasks import setup_logging
+from m2f_trainer.tasks.overlay import draw_overlay
 
 log = logging.getLogger("m2f_trainer.inference")
 
 OVERLAY_DIR = "overlays"
-ALPHA = 0.5
 
 
 def main(argv: list[str]) -> int:
@@ -32,34 +31,6 @@ def main(argv: list[str]) -> int:
             raise
     print(f"inference results in {out_dir}")
     return 0
-
-
-# ------------------------------------------------------------------------------------------- drawing
-
-def _label(label_map, class_index: int, score: float | None) -> str:
-    name = label_map.name(class_index)
-    return name if score is None else f"{name} {score:.2f}"
-
-
-def draw_overlay(image: np.ndarray, segments: list[tuple[np.ndarray, int, float | None]], label_map) -> Image.Image:
-    """Blend each segment's label-map colour over the image and write its class name (and score) at the
-    segment's box corner. `segments`: (bool mask [H,W], contiguous class, score or None)."""
-    canvas = image.astype(np.float32).copy()
-    for mask, class_index, _ in segments:
-        colour = np.asarray(label_map.color(class_index), dtype=np.float32)
-        canvas[mask] = (1 - ALPHA) * canvas[mask] + ALPHA * colour
-    picture = Image.fromarray(canvas.clip(0, 255).astype(np.uint8))
-    draw = ImageDraw.Draw(picture)
-    for mask, class_index, score in segments:
-        rows, cols = np.nonzero(mask)
-        if rows.size == 0:
-            continue
-        text = _label(label_map, class_index, score)
-        x, y = int(cols.min()), int(rows.min())
-        left, top, right, bottom = draw.textbbox((x, y), text)
-        draw.rectangle((left - 1, top - 1, right + 1, bottom + 1), fill=(0, 0, 0))
-        draw.text((x, y), text, fill=tuple(int(c) for c in label_map.color(class_index)))
-    return picture
 
 
 # ------------------------------------------------------------------------------------------- writers
