@@ -17,6 +17,7 @@ import yaml
 
 from m2f_spec.errors import SpecError
 from m2f_spec.fields import field_default
+from m2f_spec.model_rules import check_model
 from m2f_spec.schema import ExperimentConfig
 
 # TAO specs call the dataset section either `dataset:` or `data:`; the attribute is always `dataset`.
@@ -293,6 +294,8 @@ def _cross_checks(cfg: ExperimentConfig, raw: Mapping[str, Any], errors: _Errors
                 "model.sem_seg_head.deformable_transformer_encoder_in_features",
                 f"{missing} not produced by the backbone (model.backbone.{backbone.type}.out_features: {produced})",
             )
+
+    check_model(cfg, errors.add)
 
     for name in ("export", "gen_trt_engine"):
         if getattr(cfg, name).batch_size == 0:

@@ -36,6 +36,11 @@ CONSISTENT_VALUES = {
     "model.backbone.swin.out_features": ["res3", "res4", "res5"],
     "model.sem_seg_head.deformable_transformer_encoder_in_features": ["res4", "res5"],
     "export.batch_size": 8,
+    # what the model builder needs (m2f_spec.model_rules)
+    "model.sem_seg_head.convs_dim": 64,
+    "model.mask_former.hidden_dim": 64,
+    "model.mask_former.nheads": 4,
+    "train.freeze": ["backbone", "input_proj"],
     "gen_trt_engine.batch_size": 2,
     # a single allowed value
     "export.input_channel": 3,

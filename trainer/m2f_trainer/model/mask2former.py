@@ -7,6 +7,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from m2f_spec.model_rules import check_model, freeze_names_text, freeze_targets
 from m2f_trainer.errors import SpecError
 from m2f_trainer.model.backbone import (
     EFFICIENTVIT_MODELS,
@@ -16,8 +17,6 @@ from m2f_trainer.model.backbone import (
 )
 from m2f_trainer.model.pixel_decoder import DECODER_LEVELS, MSDeformAttnPixelDecoder
 from m2f_trainer.model.transformer_decoder import MultiScaleMaskedTransformerDecoder
-
-RES_NAMES = ("res2", "res3", "res4", "res5")
 
 # What `activation_checkpoint` recomputes. Every recomputed layer costs about the same on a launch-bound GPU,
 # but the memory it frees differs 10x (Swin-T, 384 px, fp32: an encoder layer 138 MiB, a stride-4 Swin block
@@ -84,15 +83,23 @@ class Mask2Former(nn.Module):
         self.decoder.activation_checkpoint = enabled and policy == "full"
 
     def freeze(self, prefixes: list[str] | tuple[str, ...], field: str = "train.freeze") -> list[str]:
-        """Stop gradients of parameters whose name starts with any prefix; returns the frozen names."""
-        frozen = []
+        """Stop gradients of parameters under any of the module names (TAO's names translated, see
+        m2f_spec.model_rules.FREEZE_ALIASES); returns the frozen parameter names."""
         names = [name for name, _ in self.named_parameters()]
-        for prefix in prefixes:
-            if not any(name == prefix or name.startswith(prefix.rstrip(".") + ".") for name in names):
-                tops = sorted({name.split(".")[0] for name in names})
-                raise SpecError(f"{field}: {prefix!r} matches no parameter (top-level modules: {', '.join(tops)})")
+
+        def under(name: str, prefix: str) -> bool:
+            return name == prefix or name.startswith(prefix + ".")
+
+        targets = []
+        for index, prefix in enumerate(prefixes):
+            translated = freeze_targets(prefix)
+            if not any(under(name, t) for name in names for t in translated):
+                raise SpecError(f"{field}[{index}]: {prefix!r} matches no parameter of this model; use "
+                                f"{freeze_names_text()}")
+            targets += translated
+        frozen = []
         for name, param in self.named_parameters():
-            if any(name == p or name.startswith(p.rstrip(".") + ".") for p in prefixes):
+            if any(under(name, t) for t in targets):
                 param.requires_grad_(False)
                 frozen.append(name)
         return frozen
@@ -126,6 +133,10 @@ def build_model_from_config(model_config: dict[str, Any]) -> Mask2Former:
 
 def model_config_from_spec(cfg: Any) -> dict[str, Any]:
     """Translate the experiment spec's TAO fields (cfg.model.*) into a model_config."""
+    problems: list[str] = []
+    check_model(cfg, lambda path, message: problems.append(f"{path}: {message}"))
+    if problems:  # only for a cfg that did not come through spec validation, which runs the same rules
+        raise SpecError("; ".join(problems))
     model = cfg.model
     spec_backbone = model.backbone
     timm_name = getattr(spec_backbone, "timm_name", None)
@@ -136,12 +147,6 @@ def model_config_from_spec(cfg: Any) -> dict[str, Any]:
         if swin.type not in SWIN_PRESETS:
             raise SpecError(f"model.backbone.swin.type: {swin.type!r} is not one of {', '.join(SWIN_PRESETS)}")
         out_indices = list(getattr(swin, "out_indices", None) or (0, 1, 2, 3))
-        if out_indices != [0, 1, 2, 3]:
-            raise SpecError(f"model.backbone.swin.out_indices: Mask2Former needs all four stages [0, 1, 2, 3], got {out_indices}")
-        if getattr(swin, "qk_scale", None) is not None:
-            raise SpecError("model.backbone.swin.qk_scale: only the default head_dim ** -0.5 is supported (null)")
-        if not getattr(swin, "patch_norm", True):
-            raise SpecError("model.backbone.swin.patch_norm: false is not supported (timm Swin always normalises)")
         backbone = {
             "kind": "swin", **{k: list(v) if isinstance(v, tuple) else v for k, v in SWIN_PRESETS[swin.type].items()},
             "window_size": swin.window_size, "pretrain_img_size": swin.pretrain_img_size, "ape": bool(swin.ape),
@@ -163,19 +168,6 @@ def model_config_from_spec(cfg: Any) -> dict[str, Any]:
 
     mask_former, head = model.mask_former, model.sem_seg_head
     in_features = list(head.deformable_transformer_encoder_in_features)
-    if in_features != list(RES_NAMES[-len(in_features):]):
-        raise SpecError(
-            "model.sem_seg_head.deformable_transformer_encoder_in_features: must be the coarsest levels in order "
-            f"(e.g. ['res3', 'res4', 'res5']), got {in_features}"
-        )
-    if mask_former.dec_layers < 1:
-        raise SpecError(f"model.mask_former.dec_layers: must be >= 1, got {mask_former.dec_layers}")
-    if head.convs_dim % 32 or mask_former.hidden_dim % mask_former.nheads:
-        raise SpecError(
-            "model.sem_seg_head.convs_dim must be a multiple of 32 (GroupNorm(32)) and model.mask_former.hidden_dim "
-            f"a multiple of nheads; got convs_dim={head.convs_dim}, hidden_dim={mask_former.hidden_dim}, "
-            f"nheads={mask_former.nheads}"
-        )
     return {
         "backbone": backbone,
         "num_classes": head.num_classes,
