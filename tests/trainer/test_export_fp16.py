@@ -45,6 +45,10 @@ def _graph() -> onnx.ModelProto:
         ("/any/Softmax", "Softmax", True),
         ("/any/TopK", "TopK", True),
         ("/pixel_decoder/GridSample", "GridSample", True),
+        # below opset 16 the deformable core is gather-based bilinear sampling; its projections stay FP16
+        ("/model/pixel_decoder/transformer/encoder/layers.0/self_attn/Gather_3", "Gather", True),
+        ("/model/pixel_decoder/transformer/encoder/layers.1/self_attn/Floor", "Floor", True),
+        ("/model/pixel_decoder/transformer/encoder/layers.0/self_attn/value_proj/MatMul", "MatMul", False),
         ("/decoder/self_attention_layers.0/MatMul", "MatMul", False),
         ("/backbone/conv", "Conv", False),
         ("", "Relu", False),

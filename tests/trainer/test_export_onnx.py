@@ -1,5 +1,6 @@
 """`m2f export`: every mode x static/dynamic batch gives a valid ONNX (TAO's outputs) that onnxruntime runs within
-tolerance of PyTorch; a failed parity gate leaves no ONNX behind; spec errors exit 2."""
+tolerance of PyTorch, at opset 12 too (gather-based deformable sampling); a failed parity gate leaves no ONNX
+behind; spec errors exit 2."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ import numpy as np
 import onnx
 import pytest
 import torch
+import torch.nn.functional as F
 
 from m2f_spec import load_spec
 from m2f_trainer.cli import main
@@ -19,6 +21,7 @@ from m2f_trainer.data.synth import synthesize
 from m2f_trainer.export.onnx_runner import OnnxRunner
 from m2f_trainer.export.wrappers import OUTPUT_NAMES, ExportWrapper
 from m2f_trainer.model import build_criterion, build_model, load_model_checkpoint, save_model_checkpoint
+from m2f_trainer.model.ms_deform_attn import gather_bilinear, gather_sampling, ms_deform_attn_core
 
 KIND_OF_MODE = {"panoptic": "coco_panoptic", "instance": "coco", "semantic": "semantic"}
 SIZE = 64
@@ -117,6 +120,90 @@ def test_export_each_mode_and_batch_setting(cases, tmp_path, monkeypatch, capsys
                                    atol=1e-6)
 
 
+def _grid(shape: tuple[int, int, int], generator: torch.Generator) -> torch.Tensor:
+    """Random points in [-1.5, 1.5] (a quarter of the image beyond each edge), with the cases where zero
+    padding and the neighbour arithmetic are easiest to get wrong written over the first ones."""
+    grid = torch.rand(*shape, 2, generator=generator) * 3 - 1.5
+    special = torch.tensor([
+        [-1.0, -1.0], [1.0, 1.0], [-1.0, 1.0], [1.0, -1.0],  # outer corners of the image: half or quarter inside
+        [0.0, 0.0], [1.0, 0.3], [-0.2, -1.0],  # centre, points on an edge
+        [1e6, 0.0], [-1e6, -1e6], [0.5, 3.0],  # far outside: all four neighbours are padding
+    ])
+    flat = grid.view(-1, 2)
+    count = min(len(flat), len(special))
+    flat[:count] = special[:count]
+    return grid
+
+
+@pytest.mark.parametrize(
+    ("n", "c", "h", "w", "grid_h", "grid_w"),
+    [
+        (1, 1, 1, 1, 10, 1),  # a single pixel: every neighbour but one is padding
+        (2, 3, 5, 7, 4, 6),
+        (16, 8, 8, 8, 50, 4),  # batch x heads of the tiny pixel decoder
+        (4, 32, 17, 30, 40, 4),  # a non-square level, head_dim 32
+        (3, 2, 2, 64, 10, 3),
+    ],
+)
+def test_gather_sampler_matches_grid_sample(n, c, h, w, grid_h, grid_w):
+    generator = torch.Generator().manual_seed(n * 1000 + h * 10 + w)
+    value = torch.randn(n, c, h, w, generator=generator)
+    grid = _grid((n, grid_h, grid_w), generator)
+    expected = F.grid_sample(value, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
+    sampled = gather_bilinear(value, grid)
+    assert sampled.shape == expected.shape
+    torch.testing.assert_close(sampled, expected, rtol=0, atol=1e-5)
+
+
+def test_gather_sampling_switches_the_deformable_core_within_the_block_only(monkeypatch):
+    generator = torch.Generator().manual_seed(0)
+    shapes = [(8, 8), (4, 6), (2, 3)]
+    value = torch.randn(2, sum(h * w for h, w in shapes), 4, 8, generator=generator)
+    locations = torch.rand(2, 10, 4, len(shapes), 3, 2, generator=generator) * 1.4 - 0.2
+    weights = torch.rand(2, 10, 4, len(shapes), 3, generator=generator)
+    expected = ms_deform_attn_core(value, shapes, locations, weights)
+
+    def no_grid_sample(*args, **kwargs):
+        raise AssertionError("grid_sample called inside gather_sampling()")
+
+    with monkeypatch.context() as patch, gather_sampling():
+        patch.setattr(F, "grid_sample", no_grid_sample)
+        gathered = ms_deform_attn_core(value, shapes, locations, weights)
+    torch.testing.assert_close(gathered, expected, rtol=0, atol=1e-5)
+    # Outside the block the training path is grid_sample again.
+    assert torch.equal(ms_deform_attn_core(value, shapes, locations, weights), expected)
+
+
+def test_opset_12_exports_without_grid_sample(cases, tmp_path, capsys):
+    """TAO's documented default opset: GridSample (16) and the exporter's attention symbolic (14) are newer."""
+    spec, checkpoint = cases["panoptic"]
+    onnx_file = tmp_path / "model.onnx"
+    code = main(["export", "-e", str(spec), f"export.checkpoint={checkpoint}", f"export.onnx_file={onnx_file}",
+                 "export.batch_size=-1", "export.opset_version=12", *TINY])
+    captured = capsys.readouterr()
+    assert code == 0, captured.out + captured.err
+    assert sum("gather-based bilinear sampling" in line for line in captured.err.splitlines()) == 1
+
+    model = onnx.load(str(onnx_file))
+    onnx.checker.check_model(model, full_check=True)
+    assert [o.version for o in model.opset_import if o.domain in ("", "ai.onnx")] == [12]
+    assert {o.domain for o in model.opset_import} <= {"", "ai.onnx"}  # no custom ops either
+    op_types = {n.op_type for n in model.graph.node}
+    assert "GridSample" not in op_types and "Gather" in op_types
+    parity = json.loads(onnx_file.with_name(onnx_file.name + ".parity.json").read_text())
+    assert parity["passed"] is True
+    assert all(o["max_abs_diff"] <= 1e-3 and o["mismatches"] == 0 for o in parity["outputs"].values())
+
+    # A batch the dynamic graph was not traced with, against PyTorch (which samples with grid_sample).
+    images = np.random.default_rng(2).standard_normal((3, 3, SIZE, SIZE)).astype(np.float32)
+    ours, theirs = OnnxRunner(onnx_file)(images), _torch_outputs(checkpoint, "panoptic", images)
+    for name, expected in theirs.items():
+        if name == "pred_classes":
+            assert (ours[name] != expected).mean() < 0.01, name
+        else:
+            np.testing.assert_allclose(ours[name], expected, atol=1e-3, err_msg=name)
+
+
 def test_failed_parity_gate_exits_1_and_leaves_no_onnx(cases, tmp_path, capsys):
     spec, checkpoint = cases["semantic"]
     onnx_file = tmp_path / "out" / "model.onnx"
@@ -139,7 +226,8 @@ def test_failed_parity_gate_exits_1_and_leaves_no_onnx(cases, tmp_path, capsys):
 @pytest.mark.parametrize(
     ("overrides", "message"),
     [
-        (["export.opset_version=15"], "error: export.opset_version: 15 is outside 16..20"),
+        (["export.opset_version=11"], "export.opset_version: 11 is out of range; allowed: an integer in [12, 20]"),
+        (["export.opset_version=21"], "export.opset_version: 21 is out of range; allowed: an integer in [12, 20]"),
         (["export.input_height=100"], "error: export.input_height / export.input_width: 100x64 must be multiples of 32"),
         (["export.checkpoint=/nonexistent/model.pth"], "error: export.checkpoint: checkpoint not found: /nonexistent/model.pth"),
     ],
@@ -150,7 +238,7 @@ def test_spec_errors_exit_2_with_the_field(cases, tmp_path, capsys, overrides, m
                  f"export.onnx_file={tmp_path / 'm.onnx'}", *TINY, *overrides])
     assert code == 2
     err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 1 and err[0].startswith(message)
+    assert len(err) == 1 and err[0].startswith("error: ") and message in err[0]
     assert not (tmp_path / "m.onnx").exists()
 
 

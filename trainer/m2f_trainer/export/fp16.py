@@ -19,9 +19,13 @@ import onnx
 FP32_OP_TYPES: frozenset[str] = frozenset(
     {"Softmax", "LogSoftmax", "TopK", "ReduceMean", "ReduceSum", "ReduceMax", "GridSample", "Einsum", "Erf"}
 )
-# Node-name patterns (the torch exporter names nodes after module paths) of the cross-attention layers
-# and the post-processing head.
-FP32_NAME_PATTERN = re.compile(r"cross_attn|cross_attention|postprocess|post_process", re.IGNORECASE)
+# Node-name patterns (the torch exporter names nodes after module paths) of the cross-attention layers,
+# the post-processing head, and the deformable-attention core itself: the nodes directly in a pixel-decoder
+# `self_attn` scope (not in its projections), which below opset 16 are the gather-based bilinear sampling.
+FP32_NAME_PATTERN = re.compile(
+    r"cross_attn|cross_attention|postprocess|post_process|pixel_decoder/.*/self_attn/[A-Za-z]+(_\d+)?$",
+    re.IGNORECASE,
+)
 
 
 def keep_fp32(node_name: str, op_type: str) -> bool:

@@ -7,6 +7,11 @@ The TorchScript exporter emits exactly the requested opset; onnxscript's optimiz
 constants and shape arithmetic it leaves behind (fold_constants), so output shapes are static except
 for the batch.
 
+Below opset 16 (GridSample's) the deformable attention is traced with its gather-based bilinear sampler
+(``gather_sampling``), and below opset 14 (where the exporter's symbolic for scaled_dot_product_attention
+starts) the decoder's attention is exported by ``_sdpa_before_opset_14``; the parity gate judges those
+graphs like any other.
+
 Nothing is written at ``onnx_file`` unless every check passes: the graph is built in a temporary file
 next to it and moved into place last.
 """
@@ -18,6 +23,8 @@ import logging
 import os
 import tempfile
 import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -33,11 +40,18 @@ from m2f_trainer.export.wrappers import (
     WithAttentionDecisions,
     probe_attention,
 )
+from m2f_trainer.model.ms_deform_attn import gather_sampling
 
 log = logging.getLogger(__name__)
 
-# GridSample (the deformable attention of the pixel decoder) entered the default domain in opset 16.
-MIN_OPSET = 16
+# GridSample (the deformable attention of the pixel decoder) entered the default domain in opset 16; below
+# it the attention samples with Gather and index arithmetic instead.
+GRID_SAMPLE_OPSET = 16
+# The TorchScript exporter's symbolic for scaled_dot_product_attention (the decoder's attention) starts here;
+# below it _sdpa_before_opset_14 is registered for the export.
+SDPA_OPSET = 14
+# The exporter has no einsum (mask embedding x mask features) before opset 12.
+MIN_OPSET = 12
 # The TorchScript exporter's newest opset in torch 2.14.
 MAX_OPSET = 20
 # Batch traced for a dynamic-batch graph and used by its parity run: > 1, so nothing specialises on 1.
@@ -59,8 +73,8 @@ class ExportSettings:
     def __post_init__(self) -> None:
         if not MIN_OPSET <= self.opset_version <= MAX_OPSET:
             raise SpecError(
-                f"export.opset_version: {self.opset_version} is outside {MIN_OPSET}..{MAX_OPSET} (the deformable "
-                f"attention exports as GridSample, which needs opset >= {MIN_OPSET})"
+                f"export.opset_version: {self.opset_version} is outside {MIN_OPSET}..{MAX_OPSET} (the ONNX "
+                f"opsets the exporter supports for this model)"
             )
         if self.batch_size == 0 or self.batch_size < -1:
             raise SpecError(f"export.batch_size: {self.batch_size} must be -1 (dynamic) or a positive batch")
@@ -80,6 +94,39 @@ class ExportSettings:
         return self.onnx_file.with_name(self.onnx_file.name + ".parity.json")
 
 
+@torch.onnx.symbolic_helper.parse_args("v", "v", "v", "v", "f", "b", "v", "b")
+def _sdpa_before_opset_14(g, query, key, value, attn_mask=None, dropout_p=0.0, is_causal=False, scale=None,
+                          enable_gqa=False):
+    """softmax(q k^T / sqrt(d) + bias) v in opset-12 ops, for the decoder's call: float bias or none, no
+    causal mask, default scale (dropout is 0 in eval). The same graph as torch's opset-14 symbolic."""
+    if is_causal or enable_gqa or not scale.node().mustBeNone():
+        raise ExportError("scaled_dot_product_attention with is_causal, enable_gqa or scale: no export below opset 14")
+    if not attn_mask.node().mustBeNone() and attn_mask.type().scalarType() not in ("Float", "Half", "BFloat16"):
+        raise ExportError("scaled_dot_product_attention with a boolean mask: no export below opset 14")
+    rank = key.type().dim()
+    perm = [*range(rank - 2), rank - 1, rank - 2]
+    head_dim = g.op("Gather", g.op("Shape", query), g.op("Constant", value_t=torch.tensor(-1)), axis_i=0)
+    # 1 / sqrt(sqrt(d)) on q and on k, as torch's math kernel, rather than 1 / sqrt(d) on the product.
+    scale = g.op("Sqrt", g.op("Div", g.op("Constant", value_t=torch.tensor(1.0)),
+                              g.op("Sqrt", g.op("Cast", head_dim, to_i=torch.onnx.TensorProtoDataType.FLOAT))))
+    logits = g.op("MatMul", g.op("Mul", query, scale), g.op("Mul", g.op("Transpose", key, perm_i=perm), scale))
+    if not attn_mask.node().mustBeNone():
+        logits = g.op("Add", logits, attn_mask)
+    # Softmax before opset 13 normalises over all axes from `axis` on: on the last axis that is the same.
+    return g.op("MatMul", g.op("Softmax", logits, axis_i=-1), value)
+
+
+@contextmanager
+def _opset_before_14_attention(opset_version: int) -> Iterator[None]:
+    """Registers `_sdpa_before_opset_14` for this opset during the block only: the registration is global."""
+    name = "aten::scaled_dot_product_attention"
+    torch.onnx.register_custom_op_symbolic(name, _sdpa_before_opset_14, opset_version)
+    try:
+        yield
+    finally:
+        torch.onnx.unregister_custom_op_symbolic(name, opset_version)
+
+
 def _trace_to_onnx(
     wrapper: ExportWrapper | WithAttentionDecisions, example: torch.Tensor, path: Path, settings: ExportSettings
 ) -> None:
@@ -93,11 +140,15 @@ def _trace_to_onnx(
         # at export time except for the batch.
         warnings.simplefilter("ignore", torch.jit.TracerWarning)
         warnings.simplefilter("ignore", DeprecationWarning)
-        torch.onnx.export(
-            wrapper, (example,), str(path), dynamo=False, opset_version=settings.opset_version,
-            input_names=[INPUT_NAME], output_names=names, dynamic_axes=dynamic_axes,
-            do_constant_folding=True, export_params=True,
-        )
+        opset = settings.opset_version
+        with gather_sampling(opset < GRID_SAMPLE_OPSET), (
+            _opset_before_14_attention(opset) if opset < SDPA_OPSET else nullcontext()
+        ):
+            torch.onnx.export(
+                wrapper, (example,), str(path), dynamo=False, opset_version=opset,
+                input_names=[INPUT_NAME], output_names=names, dynamic_axes=dynamic_axes,
+                do_constant_folding=True, export_params=True,
+            )
 
 
 def _optimize_and_check(path: Path):
@@ -234,6 +285,9 @@ def export_onnx(wrapper: ExportWrapper, settings: ExportSettings, device: torch.
         example = torch.zeros(example_batch, 3, *settings.input_size, device=device)
         log.info("exporting %s mode, input %s x 3 x %d x %d, opset %d", wrapper.mode,
                  "batch" if settings.dynamic else settings.batch_size, *settings.input_size, settings.opset_version)
+        if settings.opset_version < GRID_SAMPLE_OPSET:
+            log.info("opset %d has no GridSample (opset %d): deformable attention exported with gather-based "
+                     "bilinear sampling", settings.opset_version, GRID_SAMPLE_OPSET)
         _trace_to_onnx(WithAttentionDecisions(wrapper), example, tmp, settings)
         _optimize_and_check(tmp)
         images = parity_inputs(example_batch, settings.input_size)
