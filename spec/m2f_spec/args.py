@@ -14,7 +14,7 @@ from m2f_spec.schema import ExperimentConfig
 
 # The operator points every task at the results volume through this variable (pod env contract).
 RESULTS_DIR_ENV = "M2F_RESULTS_DIR"
-TASKS_WITH_RESULTS_DIR = ("train", "evaluate", "inference", "export", "gen_trt_engine")
+TASKS_WITH_RESULTS_DIR = ("train", "evaluate", "inference", "export", "gen_trt_engine", "quantize")
 
 
 class _RaisingParser(argparse.ArgumentParser):

@@ -41,6 +41,9 @@ def spec_field(
     if isinstance(default, list):
         frozen = list(default)
         return field(default_factory=lambda: list(frozen), metadata=metadata)
+    if isinstance(default, dict):
+        frozen_map = dict(default)
+        return field(default_factory=lambda: dict(frozen_map), metadata=metadata)
     return field(default=default, metadata=metadata)
 
 

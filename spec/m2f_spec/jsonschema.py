@@ -50,9 +50,21 @@ def _field_schema(tp: Any, meta: dict[str, Any], default: Any, flavor: str) -> d
     if dataclasses.is_dataclass(inner):
         schema = _object_schema(inner, flavor)
         schema["description"] = description
+        if nullable:
+            if flavor == OPENAPI:
+                schema["nullable"] = True
+            else:
+                schema["type"] = ["object", "null"]
         return schema
     item = list_item_type(inner)
-    if item is not None:
+    if inner is dict:
+        # Keyword arguments for a library: any keys. A CRD must be told to keep what it cannot describe.
+        schema = {"type": "object"}
+        if flavor == OPENAPI:
+            schema["x-kubernetes-preserve-unknown-fields"] = True
+    elif item is not None and dataclasses.is_dataclass(item):
+        schema = {"type": "array", "items": _object_schema(item, flavor)}
+    elif item is not None:
         items: dict[str, Any] = {"type": _JSON_TYPE[item], **_bounds(meta, "item_", flavor)}
         if meta.get("item_choices"):
             items["enum"] = list(meta["item_choices"])

@@ -7,6 +7,8 @@ import dataclasses
 import difflib
 import logging
 import math
+import os
+import re
 import types
 import typing
 from collections.abc import Iterable, Mapping
@@ -67,7 +69,11 @@ def allowed_text(tp: Any, meta: Mapping[str, Any]) -> str:
     """A human description of what a field accepts, used in every error message."""
     inner, nullable = unwrap_optional(tp)
     null = " or null" if nullable else ""
+    if inner is dict:
+        return f"a mapping of names to values{null}"
     item = list_item_type(inner)
+    if item is not None and dataclasses.is_dataclass(item):
+        return f"a list of mappings ({(item.__doc__ or item.__name__).strip().rstrip('.')}){null}"
     if item is not None:
         length = meta.get("length")
         count = ""
@@ -165,6 +171,11 @@ def _value(tp: Any, value: Any, path: str, meta: Mapping[str, Any], errors: _Err
         return None
     if dataclasses.is_dataclass(inner):
         return _section(inner, value, path, errors)
+    if inner is dict:  # a free mapping handed to a library as keyword arguments (quantize.backend_kwargs)
+        if not isinstance(value, Mapping) or not all(isinstance(k, str) for k in value):
+            errors.add(path, f"expected {allowed_text(tp, meta)}, got {_show(value)}")
+            return None
+        return dict(value)
     item = list_item_type(inner)
     if item is not None:
         if not isinstance(value, (list, tuple)):
@@ -174,6 +185,8 @@ def _value(tp: Any, value: Any, path: str, meta: Mapping[str, Any], errors: _Err
         if length and not (length[0] <= len(value) <= length[1]):
             errors.add(path, f"has {len(value)} items; allowed: {allowed_text(tp, meta)}")
             return None
+        if dataclasses.is_dataclass(item):
+            return [_section(item, v, f"{path}[{i}]", errors) for i, v in enumerate(value)]
         return [_scalar(item, v, f"{path}[{i}]", meta, errors, prefix="item_") for i, v in enumerate(value)]
     return _scalar(inner, value, path, meta, errors)
 
@@ -238,8 +251,19 @@ def apply_overrides(raw: dict[str, Any], overrides: Iterable[str]) -> dict[str, 
                 where = ".".join(parts[: depth + 1])
                 raise SpecError(f"override {text!r}: {where} is a value, not a section")
             node = child
-        node[parts[-1]] = value
+        node[parts[-1]] = _from_working_dir(parts, value)
     return raw
+
+
+# A split's relative paths resolve under its root_dir; one typed on the command line means the shell's folder.
+SPLIT_PATH_FIELDS = ("img_dir", "panoptic_json", "panoptic_dir", "instance_json", "annot_file")
+
+
+def _from_working_dir(parts: list[str], value: Any) -> Any:
+    if (len(parts) == 3 and parts[0] == "dataset" and parts[2] in SPLIT_PATH_FIELDS and isinstance(value, str)
+            and value and "://" not in value and not Path(value).is_absolute()):
+        return os.path.abspath(value)
+    return value
 
 
 # ------------------------------------------------------------------------------------ resolution
@@ -296,6 +320,9 @@ def _cross_checks(cfg: ExperimentConfig, raw: Mapping[str, Any], errors: _Errors
             )
 
     check_model(cfg, errors.add)
+
+    if not re.fullmatch(r"cuda|cpu|trt|cuda:[0-9]+", cfg.quantize.device):
+        errors.add("quantize.device", f"{cfg.quantize.device!r} is not one of cuda, cuda:N, cpu, trt")
 
     for name in ("export", "gen_trt_engine"):
         if getattr(cfg, name).batch_size == 0:

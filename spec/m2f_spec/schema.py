@@ -185,9 +185,25 @@ class AugmentationConfig:
         False, "Project extension: large-scale jitter (random scale of the crop size, then crop/pad).",
         extension=True,
     )
+    fixed_padding: bool = spec_field(
+        False, "Pad every training image to the fixed train_crop_size (rounded up to 32) before batching, so every "
+        "batch has one shape (TAO's cure for host-memory growth with variable sizes).")
     lsj_scale_range: list[float] = spec_field(
         [0.1, 2.0], "Project extension: [min, max] scale factor of large-scale jitter.",
         item_minimum=0.01, item_maximum=10, length=(2, 2), extension=True,
+    )
+
+
+@dataclass
+class QuantCalibrationDatasetConfig:
+    """Images that calibrate static INT8 quantization (TAO `dataset.quant_calibration_dataset`)."""
+
+    images_dir: str = spec_field(
+        "", "Folder of calibration images (a few hundred representative ones); they are resized to "
+        "dataset.test.target_size, or to the ONNX model's fixed input size.")
+    max_images: int = spec_field(
+        256, "Project extension: calibrate on at most this many images (sorted by name).", minimum=1,
+        extension=True,
     )
 
 
@@ -212,11 +228,27 @@ class DatasetConfig:
         length=(3, 3),
     )
     workers: int = spec_field(8, "Parallel workers processing data.", minimum=1)
+    dataset_type: str = spec_field(
+        "default", "serialized: keep the annotations as one serialized buffer shared by all DataLoader workers "
+        "instead of Python objects each worker copies on access (host memory on large datasets).",
+        choices=("default", "serialized"),
+    )
+    skip_corrupt: bool = spec_field(
+        False, "Project extension: skip a training sample whose image or annotation cannot be read (logged once "
+        "with its path, counted in metrics.jsonl) instead of stopping.", extension=True,
+    )
+    max_skipped_fraction: float = spec_field(
+        0.01, "Project extension: with skip_corrupt, training still stops once more than this fraction of an "
+        "epoch's samples was skipped.", minimum=0, maximum=1, extension=True,
+    )
     pin_memory: bool = spec_field(True, "Page-locked host memory in the data loaders.")
     augmentation: AugmentationConfig = section(AugmentationConfig, "Augmentation.")
     train: SplitConfig = section(SplitConfig, "Training split.")
     val: SplitConfig = section(SplitConfig, "Validation split.")
     test: SplitConfig = section(SplitConfig, "Test (inference) split.")
+    quant_calibration_dataset: QuantCalibrationDatasetConfig = section(
+        QuantCalibrationDatasetConfig, "Calibration images of `m2f quantize` (static_ptq)."
+    )
 
     def __post_init__(self) -> None:
         # Older TAO specs name the type per split only, newer ones once for the whole dataset: resolve
@@ -248,7 +280,8 @@ class OptimConfig:
     )
     milestones: list[int] = spec_field([88, 96], "Epochs at which the learning rate decays.", item_minimum=1)
     gamma: float = spec_field(0.1, "Multiplicative decay factor.", exclusive_minimum=0, maximum=1)
-    monitor_name: str = spec_field("train_loss", "Metric monitored for checkpoints.",
+    monitor_name: str = spec_field("train_loss", "What ranks epochs for <train results>/mask2former_model_best.pth: "
+                                   "the epoch's mean training loss, or the validation loss (validation epochs).",
                                    choices=("train_loss", "val_loss"))
     warmup_iters: int = spec_field(
         0, "Project extension: linear warm-up iterations before the schedule.", minimum=0, extension=True
@@ -359,11 +392,15 @@ class ExportConfig:
     gpu_id: int = spec_field(0, "GPU used for export.", minimum=0)
     checkpoint: str | None = spec_field(None, "Checkpoint to export.")
     onnx_file: str | None = spec_field(None, "Path of the ONNX file to write.")
-    on_cpu: bool = spec_field(False, "Export on the CPU.")
+    on_cpu: bool = spec_field(
+        False, "TAO: true writes the standard-op graph, false its TensorRT-plugin graph of the deformable attention. "
+        "Here the graph is standard ops either way (TensorRT 10+ runs GridSample); true also traces on the CPU.")
     input_channel: int = spec_field(3, "Input channels.", minimum=3, maximum=3)
     input_width: int = spec_field(960, "Input width.", minimum=32)
     input_height: int = spec_field(544, "Input height.", minimum=32)
-    opset_version: int = spec_field(17, "ONNX opset.", minimum=11)
+    opset_version: int = spec_field(
+        17, "ONNX opset; below 16 the deformable attention samples with gather (no GridSample).", minimum=12,
+        maximum=20)
     batch_size: int = spec_field(-1, "Batch size of the graph; -1 is dynamic.", minimum=-1)
     verbose: bool = spec_field(False, "Verbose export logging.")
     parity_tolerance: float = spec_field(
@@ -400,6 +437,61 @@ class GenTrtEngineConfig:
     tensorrt: TensorRTConfig = section(TensorRTConfig, "Builder settings.")
 
 
+# ------------------------------------------------------------------------------------------- quantize
+
+QUANT_DTYPES = ("int8", "native", "fp8_e4m3fn", "fp8_e5m2")
+
+
+@dataclass
+class QuantTensorConfig:
+    """What one layer's weights or activations become (TAO `quantize.layers[].weights / activations`)."""
+
+    dtype: str = spec_field("native", "int8, native (kept in floating point), fp8_e4m3fn or fp8_e5m2.",
+                            choices=QUANT_DTYPES)
+    observer_or_fake_quant: str = spec_field("", "TAO's observer / fake-quant class; the backends here choose their own.")
+    quant_axis: int | None = spec_field(None, "TAO's quantization axis; the backends here quantize weights per channel.")
+    observer_or_fake_quant_kwargs: dict = spec_field({}, "Keyword arguments of the observer (TAO); not used here.")
+
+
+@dataclass
+class LayerQuantizationConfig:
+    """One `quantize.layers` entry: modules matched by name (fnmatch pattern) and their data types."""
+
+    module_name: str = spec_field("", "Module name or pattern (e.g. `decoder.*`, `*.linear1`).")
+    weights: QuantTensorConfig | None = spec_field(None, "Data type of the weights (null: the mode's default).")
+    activations: QuantTensorConfig | None = spec_field(
+        None, "Data type of the activations (null: the mode's default).")
+
+
+@dataclass
+class QuantizeConfig:
+    """Post-training quantization (`m2f quantize`, TAO `quantize`)."""
+
+    backend: str = spec_field(
+        "torchao", "torchao: INT8 PyTorch checkpoint; modelopt.onnx: INT8 QDQ ONNX for TensorRT (NVIDIA ModelOpt "
+        "where installed, else onnxruntime's quantizer); modelopt.pytorch needs a CUDA GPU.",
+        choices=("torchao", "modelopt.onnx", "modelopt.pytorch"),
+        aliases={"modelopt_onnx": "modelopt.onnx", "modelopt": "modelopt.pytorch"},
+    )
+    mode: str = spec_field(
+        "weight_only_ptq", "weight_only_ptq: INT8 weights; static_ptq: INT8 weights and activations (ONNX: "
+        "calibrated scales; torchao: activation scales computed per batch).",
+        choices=("weight_only_ptq", "static_ptq"),
+    )
+    algorithm: str = spec_field(
+        "minmax", "Calibration of modelopt.onnx: minmax / max (range), entropy (KL divergence).",
+        choices=("minmax", "max", "entropy", "awq_clip", "awq_lite", "awq_full", "rtn_dq"),
+    )
+    layers: list[LayerQuantizationConfig] = spec_field([], "Per-module data types, matched in order.")
+    skip_names: list[str] = spec_field([], "Module names or patterns left in floating point.")
+    model_path: str = spec_field("", "Model to quantize: a .pth checkpoint (torchao) or an .onnx file (modelopt.onnx).")
+    results_dir: str | None = spec_field(None, "Output folder (default <results_dir>/quantize).")
+    backend_kwargs: dict = spec_field({}, "Extra keyword arguments for the backend's quantize call.")
+    device: str = spec_field("cuda", "Calibration device: cuda, cuda:N, cpu or trt; without a GPU, cpu.")
+    default_layer_dtype: str = spec_field("native", "Deprecated in TAO and ignored.", choices=QUANT_DTYPES)
+    default_activation_dtype: str = spec_field("native", "Deprecated in TAO and ignored.", choices=QUANT_DTYPES)
+
+
 # --------------------------------------------------------------------------------------------- top
 
 
@@ -430,4 +522,5 @@ class ExperimentConfig:
     inference: InferenceConfig = section(InferenceConfig, "Inference.")
     export: ExportConfig = section(ExportConfig, "ONNX export.")
     gen_trt_engine: GenTrtEngineConfig = section(GenTrtEngineConfig, "TensorRT engine generation.")
+    quantize: QuantizeConfig = section(QuantizeConfig, "Post-training quantization.")
     wandb: WandbConfig = section(WandbConfig, "Accepted for TAO compatibility; not used.")

@@ -20,7 +20,7 @@ REPO = Path(__file__).resolve().parents[2]
 # image -> (what it installs by path, its entry point)
 IMAGES = {
     "operator": (["./spec", "./operator"], '["python", "-m", "m2f_operator"]'),
-    "trainer": (["./spec", "./trainer[export]"], '["m2f"]'),
+    "trainer": (["./spec", "./trainer[export,quantize]"], '["m2f"]'),
     "trt-builder": (["./spec", "./trainer[export,tensorrt]"], '["m2f"]'),
 }
 OWN_FOLDERS = {"mask2former-spec": "spec", "mask2former-trainer": "trainer", "mask2former-operator": "operator",

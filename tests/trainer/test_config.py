@@ -59,7 +59,7 @@ def test_tao_sample_validates_unchanged_with_documented_values():
     assert cfg.train.precision == "fp16"
     assert cfg.train.optim.lr == pytest.approx(1e-4)
     assert cfg.train.clip_grad_norm == pytest.approx(0.1)
-    assert cfg.export.opset_version == 17
+    assert cfg.export.opset_version == 12 and cfg.export.on_cpu is False and cfg.quantize.backend == "modelopt.onnx"
 
 
 def test_defaults_match_tao_documentation():
@@ -245,6 +245,22 @@ def test_overrides_leave_the_callers_mapping_alone():
     raw = {"train": {"optim": {"lr": 0.1}}}
     assert config_from_dict(raw, ["train.optim.lr=0.5"]).train.optim.lr == 0.5
     assert raw == {"train": {"optim": {"lr": 0.1}}}
+
+
+@pytest.mark.parametrize("where, value, expected", [
+    ("file", "imgs", "imgs"),  # resolved later under root_dir, as TAO does
+    ("override", "imgs", "{cwd}/imgs"),  # typed in a shell: that shell's folder
+    ("override", "/data/imgs", "/data/imgs"),
+    ("override", "s3://bucket/imgs", "s3://bucket/imgs"),
+    ("file", "/data/imgs", "/data/imgs"),
+])
+def test_relative_split_paths_from_overrides_mean_the_working_directory(tmp_path, monkeypatch, where, value, expected):
+    monkeypatch.chdir(tmp_path)
+    raw = {"dataset": {"test": {"root_dir": "/spec/root", **({"img_dir": value} if where == "file" else {})}}}
+    overrides = [f"dataset.test.img_dir={value}"] if where == "override" else []
+    cfg = config_from_dict(raw, overrides)
+    assert cfg.dataset.test.img_dir == expected.format(cwd=tmp_path)
+    assert cfg.dataset.test.root_dir == "/spec/root"
 
 
 def test_override_creates_a_missing_section():

@@ -42,7 +42,13 @@ def main(argv: list[str]) -> int:
         model, payload = load_model_checkpoint(checkpoint)
     except UserError as exc:
         raise UserError(f"export.checkpoint: {exc}") from None
+    if payload.get("quantization"):
+        raise SpecError(f"export.checkpoint: {checkpoint} is a torchao INT8 checkpoint; export the float checkpoint "
+                        "and quantize the ONNX (m2f quantize quantize.backend=modelopt.onnx)")
     check_num_classes(cfg, payload.get("model_config"), "export.checkpoint")
+    if not spec.on_cpu:
+        log.info("export.on_cpu false: TAO would write its TensorRT-plugin graph of the deformable attention; this "
+                 "exporter writes the standard-op graph either way (TensorRT 10+ runs GridSample natively)")
     mode = str(cfg.model.mode).lower()
     wrapper = ExportWrapper(model, mode, settings.input_size, int(cfg.model.test_topk_per_image))
     device = torch.device("cuda" if not spec.on_cpu and torch.cuda.is_available() else "cpu")

@@ -55,12 +55,18 @@ class PredictionSink:
         from m2f_trainer.data.io import read_image
         from m2f_trainer.evaluation import formats
 
-        raw_id = self.label_map.raw_id
+        raw_id = self._raw_or_zero
         image = read_image(Path(meta["file_name"])).permute(1, 2, 0).numpy()
         stem = Path(meta["file_name"]).stem
         if self.mode == "panoptic":
             seg, segments_info = prediction["panoptic_seg"]
             seg = seg.cpu().numpy()
+            # With contiguous_id false, class indices no category uses can still be predicted (an undertrained
+            # model): such segments become void, as validation scores them, in the files and the overlay.
+            unknown = [s["id"] for s in segments_info if not raw_id(s["category_id"])]
+            if unknown:
+                seg = np.where(np.isin(seg, unknown), 0, seg)
+                segments_info = [s for s in segments_info if s["id"] not in unknown]
             self.panoptic.add(meta["image_id"], meta["file_name"], seg, [
                 {"id": s["id"], "category_id": raw_id(s["category_id"]), "isthing": bool(s["isthing"]),
                  "score": s["score"]} for s in segments_info])
@@ -68,6 +74,8 @@ class PredictionSink:
         elif self.mode == "instance":
             inst = prediction["instances"]
             masks, scores, labels = inst["masks"].cpu().numpy(), inst["scores"].cpu().numpy(), inst["labels"].tolist()
+            known = [i for i, c in enumerate(labels) if raw_id(c)]
+            masks, scores, labels = masks[known], scores[known], [labels[i] for i in known]
             self.instances += formats.encode_instances(meta["image_id"], masks, scores.tolist(),
                                                        [raw_id(c) for c in labels])
             drawn = [(m, c, float(s)) for m, s, c in zip(masks, scores, labels, strict=True)
