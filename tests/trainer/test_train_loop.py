@@ -65,8 +65,8 @@ def trained(synth_spec, tmp_path_factory) -> Path:
 
 def test_training_writes_checkpoints_and_metrics(trained):
     train_dir = trained / "train"
-    assert sorted(p.name for p in train_dir.glob("*.pth")) == [LATEST, "model_epoch_000.pth",
-                                                                "model_epoch_001.pth"]
+    assert sorted(p.name for p in train_dir.glob("*.pth")) == ["mask2former_model_best.pth", LATEST,
+                                                                "model_epoch_000.pth", "model_epoch_001.pth"]
     checkpoint = torch.load(train_dir / LATEST, map_location="cpu", weights_only=False)
     epoch_1 = torch.load(train_dir / "model_epoch_001.pth", map_location="cpu", weights_only=False)
     assert checkpoint["epoch"] == 1 and checkpoint["global_step"] == 4  # 4 images, batch 2, 2 epochs
@@ -175,7 +175,9 @@ def test_evaluate_and_inference_agree_with_scoring_the_written_predictions(train
 
     # Inference over the labelled split writes prediction files that `evaluate.predictions` scores.
     assert main(["inference", *common, f"inference.checkpoint={checkpoint}",
-                 "dataset.test.panoptic_json=annotations/panoptic.json", "dataset.test.panoptic_dir=panoptic"]) == 0
+                 # relative paths on a command line mean the working directory, not the split's root_dir
+                 f"dataset.test.panoptic_json={synth_spec.parent / 'annotations/panoptic.json'}",
+                 f"dataset.test.panoptic_dir={synth_spec.parent / 'panoptic'}"]) == 0
     inference_dir = results / "inference"
     stems = sorted(p.stem for p in (inference_dir / "overlays").glob("*.png"))
     assert stems == ["000001", "000002", "000003", "000004"]
@@ -189,6 +191,20 @@ def test_evaluate_and_inference_agree_with_scoring_the_written_predictions(train
     from_files = json.loads((rescored / "evaluate" / "metrics.json").read_text())
     for key in ("PQ", "SQ", "RQ", "PQ_th", "PQ_st", "N"):
         assert from_files[key] == pytest.approx(from_model[key], abs=1e-12), key
+
+
+@pytest.mark.parametrize("monitor", ["train_loss", "val_loss"])
+def test_best_checkpoint_follows_monitor_name(synth_spec, tmp_path, monitor):
+    """train.optim.monitor_name ranks the epochs: the best file holds the epoch with the lowest value, and the
+    value travels with the latest checkpoint for a resumed run."""
+    results = tmp_path / "results"
+    assert main(["train", "-e", str(synth_spec), f"results_dir={results}", "train.num_epochs=3",
+                 "train.metrics_port=0", f"train.optim.monitor_name={monitor}"]) == 0
+    best = torch.load(results / "train" / "mask2former_model_best.pth", map_location="cpu", weights_only=False)
+    latest = torch.load(results / "train" / LATEST, map_location="cpu", weights_only=False)
+    state = next(v for k, v in latest["callbacks"].items() if k.startswith("BestCheckpoint"))
+    assert best["epoch"] == state["best_epoch"] and state["best"] > 0
+    assert "optimizer_states" not in best and best["model_config"] == latest["model_config"]
 
 
 def test_inference_on_an_image_folder(trained, synth_spec, tmp_path):

@@ -10,7 +10,7 @@ import importlib
 import sys
 from importlib.metadata import entry_points
 
-from m2f_trainer.errors import UserError
+from m2f_trainer.errors import UserError, one_line
 
 # command -> (module, one-line help). Exit codes are a contract (see docs/exit-codes.md):
 # 0 finished, 2 invalid spec/data/arguments, 143 terminated by SIGTERM, anything else: failure.
@@ -20,6 +20,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "inference": ("m2f_trainer.tasks.inference", "run inference on dataset.test.img_dir"),
     "export": ("m2f_trainer.tasks.export", "export a checkpoint to ONNX and verify parity in onnxruntime"),
     "gen_trt_engine": ("m2f_trainer.tasks.gen_trt_engine", "build a TensorRT engine from an ONNX file"),
+    "quantize": ("m2f_trainer.tasks.quantize", "INT8 post-training quantization: torchao checkpoint or QDQ ONNX"),
     "validate": ("m2f_spec.cli", "validate an experiment spec and print it resolved"),
     "schema": ("m2f_spec.cli", "print the JSON Schema of the experiment spec"),
     "data": ("m2f_trainer.data.cli", "dataset tools: `data check`, `data synth`"),
@@ -69,7 +70,8 @@ def main(argv: list[str] | None = None) -> int:
             return int(module.main([command, *rest]) or 0)
         return int(module.main(rest) or 0)
     except UserError as exc:
-        print(f"error: {exc}", file=sys.stderr)
+        # one_line: a DataError raised in a DataLoader worker comes back wrapped in the worker's traceback.
+        print(f"error: {one_line(exc)}", file=sys.stderr)
         return exc.exit_code
     except KeyboardInterrupt:
         return 130

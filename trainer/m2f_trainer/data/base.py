@@ -12,6 +12,7 @@ from torchvision import tv_tensors
 
 from m2f_trainer.data.io import read_image
 from m2f_trainer.data.label_map import IGNORE_INDEX, LabelMap
+from m2f_trainer.data.serialized import SerializedList
 from m2f_trainer.errors import DataError
 
 
@@ -24,6 +25,23 @@ class ImageRecord:
     height: int | None = None
     width: int | None = None
     extra: dict = field(default_factory=dict)
+
+    def __reduce__(self) -> tuple:
+        # Plain fields: a pickled record (one per image in a SerializedList) then carries no PosixPath
+        # class reference and no per-field names, about half the bytes of the default dataclass pickle.
+        return _image_record, (self.image_id, str(self.image_path), self.height, self.width, self.extra)
+
+
+def _image_record(image_id: int | str, image_path: str, height: int | None, width: int | None, extra: dict) -> ImageRecord:
+    return ImageRecord(image_id, Path(image_path), height, width, extra)
+
+
+@dataclass(frozen=True)
+class SkippedSample:
+    """What a training dataset with ``skip_corrupt`` returns for an unreadable sample; collate drops it."""
+
+    file_name: str
+    reason: str
 
 
 @dataclass
@@ -138,6 +156,8 @@ class SegmentationDataset(Dataset):
     """
 
     kind = "base"
+    # Attributes holding one entry per image, which serialize() packs; subclasses add theirs.
+    per_image_fields: tuple[str, ...] = ("records",)
 
     def __init__(
         self,
@@ -155,6 +175,8 @@ class SegmentationDataset(Dataset):
         self.transforms = transforms
         self.drop_crowd = drop_crowd
         self.mode = mode
+        # dataset.skip_corrupt, set on the training split only: evaluation never skips ground truth.
+        self.skip_corrupt = False
         self.records: list[ImageRecord] = []
         # Problems found while indexing (non-strict mode); strict loaders raise on the first one.
         self.problems: list[str] = []
@@ -164,6 +186,21 @@ class SegmentationDataset(Dataset):
 
     def load_annotation(self, index: int, height: int, width: int) -> RawAnnotation:
         raise NotImplementedError
+
+    def serialize(self) -> None:
+        """Pack the per-image containers into SerializedLists (``dataset.dataset_type: serialized``).
+
+        Samples stay identical; the records then live in two numpy arrays that DataLoader workers
+        share instead of copying (see m2f_trainer.data.serialized). Idempotent.
+        """
+        for name in self.per_image_fields:
+            value = getattr(self, name)
+            if not isinstance(value, SerializedList):
+                setattr(self, name, SerializedList(value))
+
+    @property
+    def serialized(self) -> bool:
+        return isinstance(self.records, SerializedList)
 
     def audit(self, index: int) -> list[str]:
         """Inconsistencies of one image's annotation that loading tolerates (``m2f data check``)."""
@@ -204,8 +241,14 @@ class SegmentationDataset(Dataset):
             "meta": self._meta(record, (height, width), (height, width)),
         }
 
-    def __getitem__(self, index: int) -> dict:
-        record, image, annotation = self._load(index)
+    def __getitem__(self, index: int) -> dict | SkippedSample:
+        try:
+            record, image, annotation = self._load(index)
+        except DataError as exc:
+            if not self.skip_corrupt:
+                raise
+            # Returned, not logged: this may run in a worker process; the main process counts and logs it.
+            return SkippedSample(str(self.records[index].image_path), str(exc))
         orig_size = tuple(image.shape[-2:])
         if self.mode == "semantic":
             annotation = annotation.merged_by_class()

@@ -129,8 +129,18 @@ def build_dataset(
 ) -> SegmentationDataset:
     """The dataset of one split, with train transforms for ``train`` and test transforms otherwise.
 
-    A test split with only ``img_dir`` gives an unlabelled ImageFolderDataset (inference).
+    A test split with only ``img_dir`` gives an unlabelled ImageFolderDataset (inference). With
+    ``dataset.dataset_type: serialized`` its per-image records are packed into shared buffers.
     """
+    dataset = _build_dataset(cfg, split, label_map=label_map, train=train, strict=strict)
+    if getattr(cfg.dataset, "dataset_type", "default") == "serialized":
+        dataset.serialize()
+    return dataset
+
+
+def _build_dataset(
+    cfg: Any, split: str, *, label_map: LabelMap | None, train: bool | None, strict: bool
+) -> SegmentationDataset:
     split_cfg = split_config(cfg, split)
     kind = split_type(cfg, split)
     train = split == "train" if train is None else train

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from pycocotools import mask as mask_utils
 from pycocotools.coco import COCO
 
 from m2f_trainer.data.base import (
@@ -38,10 +39,27 @@ def _segmentation_problem(segmentation: object) -> str | None:
     return f"segmentation of type {type(segmentation).__name__} (expected polygons or RLE)"
 
 
+# The annotation keys load_annotation reads: serialize() keeps these only (bbox, area... would only
+# grow the buffer).
+LOADED_KEYS = ("id", "category_id", "iscrowd", "segmentation")
+
+
+def _segmentation_to_mask(segmentation: list | dict, height: int, width: int) -> np.ndarray:
+    """uint8 [H,W]: pycocotools' COCO.annToMask without the COCO index (polygons, uncompressed or compressed RLE)."""
+    if isinstance(segmentation, list):  # polygon parts of one object merge into one RLE
+        rle = mask_utils.merge(mask_utils.frPyObjects(segmentation, height, width))
+    elif isinstance(segmentation["counts"], list):
+        rle = mask_utils.frPyObjects(segmentation, height, width)
+    else:
+        rle = segmentation
+    return mask_utils.decode(rle)
+
+
 class CocoInstanceDataset(SegmentationDataset):
     """One sample per image of ``instance_json``; one mask per annotation (masks may overlap)."""
 
     kind = "coco"
+    per_image_fields = ("records", "annotations")
 
     def __init__(
         self,
@@ -69,6 +87,8 @@ class CocoInstanceDataset(SegmentationDataset):
         self.coco.dataset = content
         with contextlib.redirect_stdout(io.StringIO()):  # pycocotools prints progress lines
             self.coco.createIndex()
+        # Annotations of records[i]: pycocotools' own lists, so the default layout adds no copies.
+        self.annotations: list[list[dict]] = []
         for image_id in sorted(self.coco.imgs):
             if image_id in self._bad_images:
                 continue
@@ -76,6 +96,14 @@ class CocoInstanceDataset(SegmentationDataset):
             self.records.append(
                 ImageRecord(image_id, resolve(image["file_name"], self.img_dir), image.get("height"), image.get("width"))
             )
+            self.annotations.append(self.coco.imgToAnns.get(image_id, []))
+
+    def serialize(self) -> None:
+        if not self.serialized:
+            self.annotations = [[{k: a[k] for k in LOADED_KEYS if k in a} for a in image] for image in self.annotations]
+        # Loading needs nothing else from the json or pycocotools' index (COCOeval reads the file itself).
+        self.coco = None
+        super().serialize()
 
     def _validate(self, content: dict, source: str, strict: bool) -> None:
         self._bad_images: set = set()
@@ -118,8 +146,7 @@ class CocoInstanceDataset(SegmentationDataset):
         content["annotations"] = valid
 
     def load_annotation(self, index: int, height: int, width: int) -> RawAnnotation:
-        record = self.records[index]
-        annotations = self.coco.imgToAnns.get(record.image_id, [])
+        record, annotations = self.records[index], self.annotations[index]
         if not annotations:
             return RawAnnotation(
                 torch.zeros(0, dtype=torch.int64),
@@ -130,7 +157,9 @@ class CocoInstanceDataset(SegmentationDataset):
             with warnings.catch_warnings():
                 # pycocotools' cython decoder trips numpy 2's copy-keyword deprecation; harmless.
                 warnings.simplefilter("ignore", DeprecationWarning)
-                masks = np.stack([self.coco.annToMask(a) for a in annotations])
+                masks = np.stack(
+                    [_segmentation_to_mask(a["segmentation"], record.height, record.width) for a in annotations]
+                )
         except Exception as exc:  # pycocotools raises bare exceptions on malformed RLE
             raise DataError(f"{self.instance_json}: cannot decode a mask of image id {record.image_id}: {exc}") from None
         if masks.shape[1:] != (height, width):

@@ -20,6 +20,9 @@ from m2f_trainer.data.io import read_json, read_panoptic_png, resolve
 from m2f_trainer.data.label_map import LabelMap
 from m2f_trainer.errors import DataError
 
+# The segments_info keys load_annotation and audit read.
+LOADED_KEYS = ("id", "category_id", "iscrowd")
+
 
 class CocoPanopticDataset(SegmentationDataset):
     """One sample per annotation of ``panoptic_json``; segments come from its PNG in ``panoptic_dir``.
@@ -30,6 +33,7 @@ class CocoPanopticDataset(SegmentationDataset):
     """
 
     kind = "coco_panoptic"
+    per_image_fields = ("records", "segments")
 
     def __init__(
         self,
@@ -89,6 +93,12 @@ class CocoPanopticDataset(SegmentationDataset):
                 )
             )
             self.segments.append(segments)
+
+    def serialize(self) -> None:
+        if not self.serialized:
+            # Loading and audit read these keys only; bbox and area would only grow the buffer.
+            self.segments = [[{k: s[k] for k in LOADED_KEYS if k in s} for s in image] for image in self.segments]
+        super().serialize()
 
     def _segment_ok(self, segment: dict, image_id: int, source: str, strict: bool) -> bool:
         segment_id, category_id = segment.get("id"), segment.get("category_id")

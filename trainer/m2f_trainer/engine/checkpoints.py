@@ -27,6 +27,9 @@ def _current_umask() -> int:
 _FILE_MODE = 0o666 & ~_current_umask()
 
 LATEST_NAME = "mask2former_model_latest.pth"
+BEST_NAME = "mask2former_model_best.pth"
+# train.optim.monitor_name -> the logged metric it reads (lower is better for both).
+MONITORED = {"train_loss": "train_loss_epoch", "val_loss": "val_loss"}
 EPOCH_TEMPLATE = "model_epoch_{epoch:03d}.pth"
 
 
@@ -167,3 +170,42 @@ class EpochCheckpoint(Callback):
                         path, trainer.current_epoch, trainer.global_step)
         except Exception as exc:  # the pod is going away; never mask the termination itself
             log.error("SIGTERM: could not save a checkpoint: %s", exc)
+
+
+class BestCheckpoint(Callback):
+    """Keep mask2former_model_best.pth: the epoch with the lowest `train.optim.monitor_name` so far (TAO's
+    train_loss: the epoch's mean training loss; val_loss: the loss on the validation split, on validation
+    epochs), judged on checkpoint epochs (every `checkpoint_interval` and the last, as TAO's ModelCheckpoint).
+    The best value travels in the checkpoint, so a resumed run does not crown a worse epoch."""
+
+    def __init__(self, train_dir: Path, monitor: str, interval: int = 1, num_epochs: int = 0) -> None:
+        self.train_dir = Path(train_dir)
+        self.monitor = monitor
+        self.interval = max(1, int(interval))
+        self.num_epochs = int(num_epochs)
+        self.metric = MONITORED[monitor]
+        self.best: float | None = None
+        self.best_epoch: int | None = None
+
+    def on_train_epoch_end(self, trainer, pl_module) -> None:
+        epoch = trainer.current_epoch
+        if (epoch + 1) % self.interval and epoch + 1 != self.num_epochs:
+            return
+        value = trainer.callback_metrics.get(self.metric)
+        if trainer.sanity_checking or value is None:  # val_loss exists on validation epochs only
+            return
+        value = float(value)
+        if value != value or (self.best is not None and value >= self.best):  # NaN never wins
+            return
+        self.best, self.best_epoch = value, trainer.current_epoch
+        # Weights only: the best model is for evaluation and deployment, resuming starts from the latest.
+        trainer.save_checkpoint(self.train_dir / BEST_NAME, weights_only=True)
+        if trainer.is_global_zero:
+            log.info("best %s %.5f at epoch %d: saved %s", self.monitor, value, trainer.current_epoch,
+                     self.train_dir / BEST_NAME)
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"best": self.best, "best_epoch": self.best_epoch}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        self.best, self.best_epoch = state_dict.get("best"), state_dict.get("best_epoch")

@@ -9,6 +9,7 @@ import lightning as L
 import torch
 from torch import nn
 
+from m2f_trainer.data.collate import SIZE_DIVISIBILITY
 from m2f_trainer.engine.optim import build_optimizer, build_scheduler
 from m2f_trainer.errors import SpecError
 
@@ -103,8 +104,10 @@ class Mask2FormerModule(L.LightningModule):
 
     # ------------------------------------------------------------------------------- training
 
-    def training_step(self, batch, batch_idx: int) -> torch.Tensor:
+    def training_step(self, batch, batch_idx: int) -> torch.Tensor | None:
         images, targets, _ = batch
+        if not len(images):
+            return self._empty_step(images)
         outputs = self(images)
         # Losses in fp32: AMP keeps the matcher and the dice/BCE terms out of low precision.
         with torch.autocast(device_type=self.device.type, enabled=False):
@@ -114,7 +117,21 @@ class Mask2FormerModule(L.LightningModule):
         self.last_loss_terms = {k: float(v.detach()) for k, v in terms.items()}
         self.last_loss_terms["loss"] = float(loss.detach())
         self.log("train_loss", loss.detach(), prog_bar=True, batch_size=len(images), sync_dist=False)
+        # The epoch mean over every rank: what train.optim.monitor_name train_loss ranks checkpoints by.
+        self.log("train_loss_epoch", loss.detach(), on_step=False, on_epoch=True, batch_size=len(images),
+                 sync_dist=True)
         return loss
+
+    def _empty_step(self, images: torch.Tensor) -> torch.Tensor | None:
+        """A batch whose samples were all skipped as unreadable (dataset.skip_corrupt)."""
+        self.last_loss_terms = {}
+        if self.trainer.world_size == 1:
+            return None  # Lightning passes over the batch: no backward, so the optimizer finds no gradients
+        # The other ranks are in a real step: a zero loss through a forward on one blank image keeps
+        # the collectives in step (DDP's gradient all-reduce, FSDP2's parameter all-gathers).
+        side = 2 * SIZE_DIVISIBILITY  # 1x1 at the backbone's last stage would fail BatchNorm in training
+        outputs = self(images.new_zeros((1, 3, side, side)))
+        return sum(t.float().sum() for t in _tensors(outputs)) * 0.0
 
     def configure_optimizers(self):
         optimizer = build_optimizer(self.net, self.cfg.train.optim)
@@ -148,8 +165,12 @@ class Mask2FormerModule(L.LightningModule):
     def validation_step(self, batch, batch_idx: int) -> None:
         if self.evaluator is None:
             return
-        images, _, metas = batch
+        images, targets, metas = batch
         outputs = self(images)
+        if self.cfg.train.optim.monitor_name == "val_loss":
+            with torch.autocast(device_type=self.device.type, enabled=False):
+                loss = sum(self.criterion(_to_float(outputs), targets).values())
+            self.log("val_loss", loss.detach(), on_step=False, on_epoch=True, batch_size=len(images), sync_dist=True)
         self.evaluator.update(_to_float(outputs), metas, padded_size=tuple(images.shape[-2:]),
                               keep=self._not_padding(batch_idx, len(metas)))
 
@@ -185,6 +206,16 @@ def _to_float(outputs: Any) -> Any:
     if isinstance(outputs, (list, tuple)):
         return type(outputs)(_to_float(v) for v in outputs)
     return outputs
+
+
+def _tensors(outputs: Any) -> list[torch.Tensor]:
+    if isinstance(outputs, torch.Tensor):
+        return [outputs] if outputs.is_floating_point() else []
+    if isinstance(outputs, dict):
+        outputs = list(outputs.values())
+    if isinstance(outputs, (list, tuple)):
+        return [t for v in outputs for t in _tensors(v)]
+    return []
 
 
 def _clip_settings(train_cfg: Any) -> tuple[str, float, float]:

@@ -20,6 +20,12 @@ def _utc_now() -> str:
     return dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
+def _skipped(trainer) -> int:
+    """Rank 0's training samples of this epoch skipped as unreadable (M2FDataModule, dataset.skip_corrupt)."""
+    skipped = getattr(getattr(trainer, "datamodule", None), "skipped", None) or {}
+    return len(skipped.get(trainer.current_epoch, ()))
+
+
 class MetricsJsonl:
     """Append-only JSON lines; each line is flushed so a killed run keeps every finished step."""
 
@@ -66,6 +72,8 @@ class ProgressCallback(Callback):
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
         if not trainer.is_global_zero or self._step_started is None:
             return
+        if isinstance(batch, (tuple, list)) and not len(batch[0]):
+            return  # every sample skipped as unreadable: no step was trained (counted at epoch_end)
         elapsed = time.perf_counter() - self._step_started
         images = len(batch[0]) * trainer.world_size if isinstance(batch, (tuple, list)) else self.batch_size
         self._images_per_s = images / elapsed if elapsed > 0 else 0.0
@@ -99,6 +107,7 @@ class ProgressCallback(Callback):
     def on_train_epoch_end(self, trainer, pl_module) -> None:
         if self.jsonl is not None:
             self.jsonl.write({"event": "epoch_end", "epoch": trainer.current_epoch, "step": trainer.global_step,
+                              "skipped_samples": _skipped(trainer),
                               "time": _utc_now()})
 
     def on_fit_end(self, trainer, pl_module) -> None:

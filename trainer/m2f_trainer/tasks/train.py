@@ -95,7 +95,12 @@ def train(cfg: Any) -> int:
     import lightning as L
 
     from m2f_trainer.data.datamodule import M2FDataModule
-    from m2f_trainer.engine.checkpoints import EpochCheckpoint, find_resume_checkpoint, load_model_weights
+    from m2f_trainer.engine.checkpoints import (
+        BestCheckpoint,
+        EpochCheckpoint,
+        find_resume_checkpoint,
+        load_model_weights,
+    )
     from m2f_trainer.engine.distributed import resolve_launch_plan
     from m2f_trainer.engine.module import Mask2FormerModule, WeightsDigest
     from m2f_trainer.engine.progress import ProgressCallback
@@ -130,7 +135,10 @@ def train(cfg: Any) -> int:
     progress = ProgressCallback(train_dir, train_cfg.num_epochs, cfg.dataset.train.batch_size,
                                 plain_logs=not sys.stderr.isatty())
     module.progress = progress
-    callbacks = [EpochCheckpoint(train_dir, train_cfg.checkpoint_interval, train_cfg.num_epochs), progress,
+    # BestCheckpoint first: the epoch checkpoint then carries this epoch's best value for a resume.
+    callbacks = [BestCheckpoint(train_dir, train_cfg.optim.monitor_name, train_cfg.checkpoint_interval,
+                                train_cfg.num_epochs),
+                 EpochCheckpoint(train_dir, train_cfg.checkpoint_interval, train_cfg.num_epochs), progress,
                  DeferSigtermToTrainer(), WeightsDigest()]
     trainer = build_trainer(cfg, plan, callbacks, train_dir, has_val=evaluator is not None)
     if train_cfg.is_dry_run:
