@@ -166,6 +166,16 @@ def spec_schema(info: KindInfo) -> dict:
                 "workspaceMiB": {"type": "integer", "minimum": 1},
             },
         }, "TensorRT engine build on the trt-builder image with one GPU.")
+        properties["quantize"] = _describe({
+            "type": "object",
+            "properties": {
+                "enabled": {"type": "boolean", "description": "Quantize the ONNX model to INT8 (QDQ) before TensorRT."},
+                "calibrationImagesDir": {"type": "string", "description": "Calibration images, as the pods see them."},
+                "algorithm": {"type": "string", "enum": ["minmax", "entropy"], "description": "Calibration (default minmax)."},
+                "maxImages": {"type": "integer", "minimum": 1, "description": "Calibrate on at most this many (default 256)."},
+            },
+        }, "INT8 post-training quantization (`m2f quantize`, backend modelopt.onnx) after the ONNX export; "
+           "the engine is then built from the INT8 model.")
     schema = {"type": "object", "required": ["experiment"], "properties": properties,
               "x-kubernetes-validations": [gang_shape_rule(info)]}
     if info.task == "export":
@@ -222,7 +232,7 @@ def status_schema(info: KindInfo) -> dict:
             "completionTime": {"type": "string", "format": "date-time"},
             "workers": {"type": "object", "properties": {k: {"type": "integer"} for k in ("active", "succeeded", "failed")}},
             "artifacts": {"type": "object", "additionalProperties": {"type": "string"},
-                          "description": "resultsDir, latestCheckpoint, metricsFile, onnxFile, engineFile."},
+                          "description": "resultsDir, latestCheckpoint, metricsFile, onnxFile, quantizedOnnxFile, engineFile."},
             "metrics": {"type": "object", "additionalProperties": {"type": "number"},
                         "description": "Final metrics (PQ, AP, mIoU) from the trainer's termination message."},
             "experimentDigest": _describe({"type": "string"}, "Digest of spec.experiment as first reconciled "

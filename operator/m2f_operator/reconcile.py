@@ -16,7 +16,7 @@ from m2f_operator import status as st
 from m2f_operator.builders import build_configmap, build_gang, build_service, build_stages, meta
 from m2f_operator.builders.pods import PodDefaults, Stage
 from m2f_operator.builders.scheduling import build_pod_group
-from m2f_operator.builders.stages import engine_path, onnx_path
+from m2f_operator.builders.stages import engine_path, onnx_path, quantized_onnx_path
 from m2f_operator.policies import (
     PodView,
     deadline_remaining,
@@ -38,7 +38,9 @@ STARTUP_FIELDS = ("startupStartTime", "startupRetries", "nextAttemptTime")
 # What defines a gang: editable only while suspended (or before any pod runs).
 SHAPE_FIELDS = ("nodes", "gpusPerNode", "image", "resources")
 # Export stages whose completion is recorded as a condition (the pods may be cleaned up later).
-STAGE_CONDITIONS = {"onnx": "OnnxExported", "trt": "EngineBuilt"}
+STAGE_CONDITIONS = {"onnx": "OnnxExported", "quantize": "Quantized", "trt": "EngineBuilt"}
+# The status.artifacts key of each export stage's file.
+STAGE_ARTIFACTS = {"onnx": "onnxFile", "quantize": "quantizedOnnxFile", "trt": "engineFile"}
 
 
 @dataclass
@@ -300,6 +302,9 @@ class _Reconciler:
             artifacts["metricsFile"] = str(reported["metrics_file"])
         if stage.role == "onnx":
             artifacts["onnxFile"] = str(reported.get("onnx_file") or onnx_path(self.observed.body, self.observed.defaults))
+        if stage.role == "quantize":
+            artifacts["quantizedOnnxFile"] = str(reported.get("quantized_model") or
+                                                 quantized_onnx_path(self.observed.body, self.observed.defaults))
         if stage.role == "trt":
             artifacts["engineFile"] = str(reported.get("trt_engine") or engine_path(self.observed.body, self.observed.defaults))
         self.draft.fields["artifacts"] = artifacts
@@ -321,7 +326,7 @@ class _Reconciler:
                     **last, "value": self.draft.fields["metrics"][last["name"]]}}
         condition = STAGE_CONDITIONS.get(stage.role)
         if condition:
-            path = artifacts["onnxFile"] if stage.role == "onnx" else artifacts["engineFile"]
+            path = artifacts[STAGE_ARTIFACTS[stage.role]]
             self.draft.set_condition(condition, True, condition, path)
             self.draft.emit(condition, f"{stage.task} wrote {path}")
 

@@ -8,6 +8,7 @@ import re
 
 from m2f_operator.builders import meta, template
 from m2f_operator.builders.pods import processes_per_node
+from m2f_operator.builders.stages import QUANTIZE_ALGORITHMS
 from m2f_operator.policies import failure, startup
 from m2f_operator.policies.cleanup import CLEAN_POD_POLICIES
 from m2f_operator.policies.success import SUCCESS_POLICIES
@@ -137,6 +138,15 @@ def _export_error(spec: dict) -> str | None:
         return f"spec.tensorRT: minBatch/optBatch/maxBatch must be integers >= 1, got {batches}"
     if not batches[0] <= batches[1] <= batches[2]:
         return f"spec.tensorRT: need minBatch <= optBatch <= maxBatch, got {batches}"
+    quantize = spec.get("quantize") or {}
+    if quantize.get("enabled"):
+        if not isinstance(quantize.get("calibrationImagesDir"), str) or not quantize["calibrationImagesDir"]:
+            return "spec.quantize.calibrationImagesDir: required when spec.quantize.enabled (the calibration images)"
+        if quantize.get("algorithm", "minmax") not in QUANTIZE_ALGORITHMS:
+            return f"spec.quantize.algorithm: {quantize.get('algorithm')!r} is not one of {', '.join(QUANTIZE_ALGORITHMS)}"
+        max_images = quantize.get("maxImages", 256)
+        if isinstance(max_images, bool) or not isinstance(max_images, int) or max_images < 1:
+            return f"spec.quantize.maxImages: must be an integer >= 1, got {max_images!r}"
     return None
 
 

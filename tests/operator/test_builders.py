@@ -132,6 +132,39 @@ def test_export_stages_onnx_then_tensorrt_with_one_gpu():
     assert experiment_error(body["spec"]["experiment"], tuple(onnx_pod["spec"]["containers"][0]["command"][4:])) is None
 
 
+def test_export_quantize_stage_sits_between_onnx_and_the_engine():
+    body = resource("Mask2FormerExport", checkpoint="/x.pth", tensorRT={"enabled": True},
+                    quantize={"enabled": True, "calibrationImagesDir": "/datasets/calib", "algorithm": "entropy"})
+    onnx, quantize, trt = build_stages(body, checkpoint="/x.pth")
+    assert [onnx.role, quantize.role, trt.role] == ["onnx", "quantize", "trt"]
+    assert quantize.gpus_per_node == 0 and quantize.task == "quantize"
+    assert "quantize.model_path=/results/export/run/model.onnx" in quantize.overrides
+    assert "dataset.quant_calibration_dataset.images_dir=/datasets/calib" in quantize.overrides
+    assert "quantize.algorithm=entropy" in quantize.overrides
+    # TensorRT builds from the INT8 model (explicit quantization).
+    assert "gen_trt_engine.onnx_file=/results/export/run/quantize/model.int8.onnx" in trt.overrides
+    from m2f_operator.validation import experiment_error
+
+    assert experiment_error(body["spec"]["experiment"], quantize.overrides) is None
+    pod = build_gang(body, quantize, 0)[0]
+    assert_valid(pod)
+    assert pod["spec"]["containers"][0]["command"][:2] == ["m2f", "quantize"]
+
+
+@pytest.mark.parametrize(("quantize", "error"), [
+    ({"enabled": True}, "spec.quantize.calibrationImagesDir: required when spec.quantize.enabled"),
+    ({"enabled": True, "calibrationImagesDir": "/c", "algorithm": "awq_lite"}, "spec.quantize.algorithm: 'awq_lite'"),
+    ({"enabled": True, "calibrationImagesDir": "/c", "maxImages": 0}, "spec.quantize.maxImages: must be an integer >= 1"),
+    ({"enabled": False}, None),  # nothing to check when off
+    ({"enabled": True, "calibrationImagesDir": "/c", "maxImages": 64}, None),
+])
+def test_export_quantize_settings_are_validated(quantize, error):
+    from m2f_operator.validation import spec_error
+
+    problem = spec_error(resource("Mask2FormerExport", checkpoint="/x.pth", quantize=quantize))
+    assert (problem is None) if error is None else (problem or "").startswith(error), problem
+
+
 def test_export_without_tensorrt_has_one_stage():
     body = resource("Mask2FormerExport", checkpoint="/x.pth", tensorRT={"enabled": False})
     assert [s.role for s in build_stages(body, checkpoint="/x.pth")] == ["onnx"]

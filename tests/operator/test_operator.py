@@ -211,6 +211,33 @@ def test_export_waits_for_train_then_onnx_then_engine(cluster):
     assert cluster.condition(ns, "Mask2FormerExport", "exp", "EngineBuilt")["status"] == "True"
 
 
+def test_export_quantizes_before_the_engine(cluster):
+    ns = cluster.namespace()
+    cluster.create(ns, "Mask2FormerExport", "exp", {
+        "experiment": TINY_EXPERIMENT, "checkpoint": "/results/train/run/model.pth", "tensorRT": {"enabled": True},
+        "quantize": {"enabled": True, "calibrationImagesDir": "/datasets/calib"}})
+    cluster.wait_pods(ns, ["exp-onnx-0"])
+    cluster.set_pod(ns, "exp-onnx-0", "Succeeded", exit_code=0)
+
+    def pod(name: str):  # earlier stages' finished pods stay until cleanup
+        return wait_for(lambda: next((p for p in cluster.pods(ns) if p.metadata.name == name), None), what=name)
+
+    quantize = pod("exp-quantize-0")
+    command = quantize.spec.containers[0].command
+    assert command[:2] == ["m2f", "quantize"] and "quantize.model_path=/results/export/exp/model.onnx" in command
+    assert meta.GPU_RESOURCE not in (quantize.spec.containers[0].resources.limits or {})
+    cluster.set_pod(ns, "exp-quantize-0", "Succeeded", exit_code=0,
+                    message='{"metrics": {}, "artifacts": {"quantized_model": "/results/export/exp/quantize/model.int8.onnx"}}')
+    trt = pod("exp-trt-0")
+    assert "gen_trt_engine.onnx_file=/results/export/exp/quantize/model.int8.onnx" in trt.spec.containers[0].command
+    wait_for(lambda: (cluster.condition(ns, "Mask2FormerExport", "exp", "Quantized") or {}).get("status") == "True",
+             what="Quantized=True")
+    cluster.set_pod(ns, "exp-trt-0", "Succeeded", exit_code=0)
+    status = cluster.wait_phase(ns, "Mask2FormerExport", "exp", "Succeeded")
+    assert status["artifacts"]["quantizedOnnxFile"] == "/results/export/exp/quantize/model.int8.onnx"
+    assert status["artifacts"]["onnxFile"] == "/results/export/exp/model.onnx"
+
+
 def test_kubectl_apply_example_then_get_shows_printer_columns(cluster, repo_root):
     ns = cluster.namespace()
     cluster.kubectl("apply", "-n", ns, "-f", str(repo_root / "examples" / "train.yaml"))

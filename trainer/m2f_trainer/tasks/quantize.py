@@ -11,6 +11,7 @@ from m2f_spec import parse_task_args, task_results_dir
 from m2f_trainer.engine.signals import EXIT_TERMINATED, is_termination, terminate_on_sigterm
 from m2f_trainer.errors import SpecError
 from m2f_trainer.tasks import setup_logging
+from m2f_trainer.tasks.termination import write_termination_summary
 
 log = logging.getLogger("m2f_trainer.quantize")
 SUMMARY_FILE = "quantize_summary.json"
@@ -36,6 +37,7 @@ def main(argv: list[str]) -> int:
             if is_termination(exc):
                 return EXIT_TERMINATED
             raise
+    write_termination_summary({}, {"quantized_model": summary["quantized_model"]})
     print(f"quantized model: {summary['quantized_model']}")
     return 0
 
