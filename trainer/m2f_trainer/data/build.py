@@ -13,6 +13,7 @@ from m2f_trainer.data.image_folder import ImageFolderDataset
 from m2f_trainer.data.io import read_json, resolve
 from m2f_trainer.data.label_map import LabelMap
 from m2f_trainer.data.semantic import SemanticDataset
+from m2f_trainer.data.staging import is_remote, stage
 from m2f_trainer.data.transforms import build_test_transforms, build_train_transforms, tao_train_min_sizes
 from m2f_trainer.errors import DataError, SpecError
 
@@ -30,30 +31,31 @@ def split_type(cfg: Any, split: str) -> str:
 
 
 def _path(split_cfg: Any, name: str) -> Path | None:
+    """The local path of a split's field; a URL or archive is staged (downloaded / extracted) on first use."""
     value = getattr(split_cfg, name, None)
     return resolve(value, split_cfg.root_dir) if value else None
 
 
-def annotation_source(cfg: Any, split: str) -> tuple[str, Path] | None:
-    """(field name, path) of the split's annotation file, or None for an unlabelled split."""
+def _annotation_field(cfg: Any, split: str) -> str | None:
     split_cfg = split_config(cfg, split)
-    kind = split_type(cfg, split)
     names = {"coco_panoptic": ("panoptic_json",), "coco": ("instance_json", "annot_file"), "ade": ("annot_file",)}
-    for name in names[kind]:
-        path = _path(split_cfg, name)
-        if path is not None:
-            return name, path
-    return None
+    return next((name for name in names[split_type(cfg, split)] if getattr(split_cfg, name, None)), None)
+
+
+def annotation_source(cfg: Any, split: str) -> tuple[str, Path] | None:
+    """(field name, local path) of the split's annotation file, or None for an unlabelled split."""
+    name = _annotation_field(cfg, split)
+    return (name, _path(split_config(cfg, split), name)) if name else None
 
 
 def is_configured(cfg: Any, split: str) -> bool:
     """Whether the spec points this split at any data."""
-    split_cfg = split_config(cfg, split)
-    return annotation_source(cfg, split) is not None or bool(split_cfg.img_dir)
+    # Field presence only: asking must not download anything.
+    return _annotation_field(cfg, split) is not None or bool(split_config(cfg, split).img_dir)
 
 
 def is_labelled(cfg: Any, split: str) -> bool:
-    if annotation_source(cfg, split) is not None:
+    if _annotation_field(cfg, split) is not None:
         return True
     # ADE20k folder pairs need no annotation file; a test split with only img_dir is for inference.
     return split != "test" and split_type(cfg, split) == "ade" and bool(split_config(cfg, split).img_dir)
@@ -70,7 +72,7 @@ def build_label_map(cfg: Any) -> LabelMap:
     """The project-wide LabelMap: dataset.label_map, else the categories of the first labelled split."""
     data = cfg.dataset
     if data.label_map:
-        label_map = LabelMap.from_file(data.label_map, data.contiguous_id)
+        label_map = LabelMap.from_file(stage(data.label_map), data.contiguous_id)
     else:
         label_map = None
         for split in SPLITS:
@@ -172,9 +174,13 @@ def _build_dataset(
             drop_crowd=train,
             **common,
         )
+    root_dir = split_cfg.root_dir
+    if root_dir and is_remote(root_dir):
+        # JSONL lines and the ADE20k images/annotations pairing name files anywhere under root_dir.
+        root_dir = stage(root_dir)
     return SemanticDataset(
         annot_file=_path(split_cfg, "annot_file"),
-        root_dir=split_cfg.root_dir,
+        root_dir=root_dir,
         img_dir=split_cfg.img_dir,
         **common,
     )

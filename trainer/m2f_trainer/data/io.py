@@ -9,17 +9,19 @@ import numpy as np
 import torch
 from PIL import Image, ImageOps, UnidentifiedImageError
 
+from m2f_trainer.data.staging import join, stage
 from m2f_trainer.errors import DataError
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
 
 
 def resolve(path: str | Path, root_dir: str | Path | None) -> Path:
-    """A path from a spec or annotation file: absolute as is, relative ones under root_dir when given."""
-    path = Path(path)
-    if path.is_absolute() or not root_dir:
-        return path
-    return Path(root_dir) / path
+    """A local path for a path from a spec or annotation file: absolute as is, relative ones under root_dir.
+
+    Either may be a URL (``s3://bucket/prefix``) and the path an archive: those are staged into the
+    node's data cache (m2f_trainer.data.staging) and the local copy returned.
+    """
+    return stage(join(path, root_dir))
 
 
 def read_json(path: Path, what: str) -> object:

@@ -39,29 +39,35 @@ def onnx_input(path: Path) -> tuple[str, tuple[int, int]]:
 
 
 def calibration_batches(cfg: Any, input_size: tuple[int, int]) -> Iterator[np.ndarray]:
-    """Normalised [1,3,H,W] float32 images of dataset.quant_calibration_dataset, at the model's input size."""
+    """Normalised [1,3,H,W] float32 images of dataset.quant_calibration_dataset, padded to the model's input."""
     from m2f_trainer.data.image_folder import ImageFolderDataset
     from m2f_trainer.data.label_map import LabelMap
+    from m2f_trainer.data.staging import stage
     from m2f_trainer.data.transforms import build_test_transforms
 
     calibration = cfg.dataset.quant_calibration_dataset
     if not calibration.images_dir:
         raise SpecError("dataset.quant_calibration_dataset.images_dir: static_ptq needs calibration images")
-    if not Path(calibration.images_dir).is_dir():
+    images_dir = stage(calibration.images_dir)  # a URL and/or an archive: the node's local copy
+    if not images_dir.is_dir():
         raise SpecError(f"dataset.quant_calibration_dataset.images_dir: {calibration.images_dir} is not a folder")
-    target = tuple(cfg.dataset.test.target_size)
-    if target and target != input_size:
-        raise SpecError(f"dataset.test.target_size: {list(target)} differs from the ONNX model's input "
-                        f"{list(input_size)}; calibrate at the size the model runs at")
+    # The deployed pipeline: the test transforms (dataset.test.target_size, then test_min_size / test_max_size),
+    # then zero padding to the model's input at the bottom and right, as `m2f evaluate` / `inference` feed it.
     aug, data = cfg.dataset.augmentation, cfg.dataset
     transforms = build_test_transforms(aug.test_min_size, aug.test_max_size, data.pixel_mean, data.pixel_std,
-                                       target_size=list(input_size))
-    dataset = ImageFolderDataset(calibration.images_dir, LabelMap.from_class_count(1, True), transforms)
+                                       target_size=list(data.test.target_size) or None)
+    dataset = ImageFolderDataset(images_dir, LabelMap.from_class_count(1, True), transforms)
     count = min(len(dataset), int(calibration.max_images))
-    log.info("calibrating on %d images of %s at %dx%d", count, calibration.images_dir, *input_size)
+    log.info("calibrating on %d images of %s, padded to %dx%d", count, calibration.images_dir, *input_size)
+    height, width = input_size
     for index in range(count):
         image = dataset[index]["image"].numpy().astype(np.float32)
-        yield image[None]
+        if image.shape[1] > height or image.shape[2] > width:
+            raise SpecError(f"dataset.augmentation.test_min_size / test_max_size: calibration images become "
+                            f"{image.shape[1]}x{image.shape[2]}, larger than the ONNX model's input {height}x{width}")
+        padded = np.zeros((1, 3, height, width), dtype=np.float32)
+        padded[0, :, : image.shape[1], : image.shape[2]] = image
+        yield padded
 
 
 def _excluded_nodes(model_path: Path, skip_names: list[str]) -> list[str]:
