@@ -3,7 +3,8 @@
 The model is the overfit recipe of tests/trainer/test_train_overfit_coco.py (resnet18, 64 queries, 250 steps at
 full resolution; ~6 min on 2 cores, or pass --checkpoint). Both graphs take 640x640 inputs with a dynamic batch;
 the INT8 one is calibrated on the two images. Reported: file size, onnxruntime CPU latency (median of
---iterations runs at batch 1 and 4, --threads intra-op threads), and PQ of each through `m2f evaluate`.
+--iterations runs at batch 1 and 4, the two models taking turns, --threads intra-op threads), and PQ of each
+through `m2f evaluate`.
 The closing line's ratio is INT8 / FP32 latency at batch 1 (target <= 0.6; PQ drop target <= 1 point).
 """
 
@@ -36,20 +37,25 @@ def run(*argv: str) -> None:
         raise SystemExit(f"bench: `m2f {' '.join(argv[:1])}` failed")
 
 
-def latency(path: Path, batch: int, threads: int, iterations: int) -> float:
+def latencies(paths: dict[str, Path], batch: int, threads: int, iterations: int) -> dict[str, float]:
+    """Median ms per model; the models take turns each iteration, so a busy machine slows both alike."""
     import onnxruntime as ort
 
     options = ort.SessionOptions()
     options.intra_op_num_threads = threads
-    session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
-    feed = {session.get_inputs()[0].name: np.random.default_rng(0).normal(size=(batch, 3, INPUT, INPUT)).astype(np.float32)}
-    session.run(None, feed)  # warm-up: allocations and kernel selection
-    times = []
+    sessions = {name: ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+                for name, path in paths.items()}
+    images = np.random.default_rng(0).normal(size=(batch, 3, INPUT, INPUT)).astype(np.float32)
+    feeds = {name: {s.get_inputs()[0].name: images} for name, s in sessions.items()}
+    for name, session in sessions.items():
+        session.run(None, feeds[name])  # warm-up: allocations and kernel selection
+    times: dict[str, list[float]] = {name: [] for name in sessions}
     for _ in range(iterations):
-        start = time.perf_counter()
-        session.run(None, feed)
-        times.append(time.perf_counter() - start)
-    return statistics.median(times) * 1000
+        for name, session in sessions.items():
+            start = time.perf_counter()
+            session.run(None, feeds[name])
+            times[name].append(time.perf_counter() - start)
+    return {name: statistics.median(t) * 1000 for name, t in times.items()}
 
 
 def main() -> int:
@@ -86,9 +92,10 @@ def main() -> int:
         out = work / f"evaluate-{name}"
         run("evaluate", "-e", str(spec), f"evaluate.onnx_file={path}", f"evaluate.results_dir={out}")
         pq = json.loads((out / "metrics.json").read_text())["PQ"]
-        rows[name] = {"size_mb": path.stat().st_size / 2**20, "pq": 100 * pq,
-                      "b1_ms": latency(path, 1, args.threads, args.iterations),
-                      "b4_ms": latency(path, 4, args.threads, args.iterations)}
+        rows[name] = {"size_mb": path.stat().st_size / 2**20, "pq": 100 * pq}
+    for batch in (1, 4):
+        for name, ms in latencies(models, batch, args.threads, args.iterations).items():
+            rows[name][f"b{batch}_ms"] = ms
     print(f"{'model':<6} {'size MB':>8} {'PQ':>6} {'batch 1 ms':>11} {'batch 4 ms':>11}")
     for name, row in rows.items():
         print(f"{name:<6} {row['size_mb']:>8.1f} {row['pq']:>6.2f} {row['b1_ms']:>11.1f} {row['b4_ms']:>11.1f}")

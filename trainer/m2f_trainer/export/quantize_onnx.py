@@ -71,14 +71,17 @@ def calibration_batches(cfg: Any, input_size: tuple[int, int]) -> Iterator[np.nd
 
 
 def _excluded_nodes(model_path: Path, skip_names: list[str]) -> list[str]:
-    """Nodes under skipped modules: the TorchScript exporter names nodes by module scope (`/model/decoder/...`)."""
-    if not skip_names:
-        return []
+    """Nodes left in floating point: those under skipped modules (the TorchScript exporter names nodes by module
+    scope, `/model/decoder/...`), and every MatMul of two activations (attention scores, attention x values):
+    their ranges change with each image and query, so one calibrated scale clips or flattens them."""
     import onnx
 
-    patterns = [f"*/{name.strip('.').replace('.', '/')}/*" for name in skip_names]
     graph = onnx.load(str(model_path), load_external_data=False).graph
-    return [node.name for node in graph.node if any(fnmatchcase(node.name, p) for p in patterns)]
+    constants = {t.name for t in graph.initializer} | {o for n in graph.node if n.op_type == "Constant" for o in n.output}
+    patterns = [f"*/{name.strip('.').replace('.', '/')}/*" for name in skip_names]
+    return [node.name for node in graph.node
+            if any(fnmatchcase(node.name, p) for p in patterns)
+            or (node.op_type == "MatMul" and not any(i in constants for i in node.input))]
 
 
 def quantize_static_qdq(cfg: Any, model_path: Path, out_path: Path) -> str:
