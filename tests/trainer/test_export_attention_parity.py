@@ -124,7 +124,8 @@ def test_random_init_swin_t_exports_with_a_dynamic_batch(tmp_path, capsys):
     onnx_file = tmp_path / "swin_t.onnx"
     code = main(["export", "-e", str(spec), *overrides, f"export.checkpoint={checkpoint}",
                  f"export.onnx_file={onnx_file}", "export.input_height=320", "export.input_width=320",
-                 "export.batch_size=-1", "export.on_cpu=true"])
+                 "export.batch_size=-1", "export.on_cpu=true",
+                 "export.opset_version=17"])  # the GridSample graph; the sample itself now asks for opset 12
     assert code == 0, capsys.readouterr().err
     parity = json.loads(onnx_file.with_name(onnx_file.name + ".parity.json").read_text())
     assert parity["passed"] and parity["attention"]["decisions"] == 2 * 100 * 9 * (10 * 10 + 20 * 20 + 40 * 40) // 3

@@ -36,6 +36,7 @@ def run(repo_root, tmp_path_factory):
         "data.train.num_workers=0", "data.val.num_workers=0", "train.num_epochs=1", "train.iters_per_epoch=1",
         "train.validation_interval=1", "train.metrics_port=0", "export.input_height=64", "export.input_width=64",
         "train.precision=fp32",  # the sample's fp16 needs a GPU (exit 2 says so on a CPU)
+        "data.quant_calibration_dataset.max_images=2",  # each calibration image is a pass over Swin-T's graph
     ]
 
     def m2f(task: str, *extra: str) -> int:
