@@ -486,7 +486,9 @@ class QuantizeConfig:
     skip_names: list[str] = spec_field([], "Module names or patterns left in floating point.")
     model_path: str = spec_field("", "Model to quantize: a .pth checkpoint (torchao) or an .onnx file (modelopt.onnx).")
     results_dir: str | None = spec_field(None, "Output folder (default <results_dir>/quantize).")
-    backend_kwargs: dict = spec_field({}, "Extra keyword arguments for the backend's quantize call.")
+    backend_kwargs: dict = spec_field(
+        {}, "modelopt.onnx: extra options of onnxruntime's quantize_static (its `extra_options`); torchao: none "
+        "are read, so any given is an error.")
     device: str = spec_field("cuda", "Calibration device: cuda, cuda:N, cpu or trt; without a GPU, cpu.")
     default_layer_dtype: str = spec_field("native", "Deprecated in TAO and ignored.", choices=QUANT_DTYPES)
     default_activation_dtype: str = spec_field("native", "Deprecated in TAO and ignored.", choices=QUANT_DTYPES)

@@ -265,3 +265,10 @@ def test_plain_local_paths_are_returned_unchanged(tmp_path, downloads):
     assert not staging.is_remote("/data/x.tar.gz") and staging.is_remote("s3://b/x")
     assert staging.is_archive("s3://b/x.tgz") and not staging.is_archive("/data/images")
     assert downloads == []
+
+
+def test_signed_urls_keep_their_query_out_of_names_and_messages():
+    url = "s3://bucket/data/images.tar.gz?X-Amz-Signature=secret&X-Amz-Credential=key"
+    assert staging.is_archive(url)
+    assert "secret" not in staging.display(url) and staging.display(url) == "s3://bucket/data/images.tar.gz"
+    assert staging.display("https://user:pass@host/x.zip?sig=1") == "https://***@host/x.zip"

@@ -101,6 +101,7 @@ def test_onnx_static_ptq_writes_a_calibrated_qdq_model(setup, onnx_model):
      "quantize.layers[0].weights.dtype: fp8_e4m3fn needs a GPU"),
     (["quantize.model_path={checkpoint}", "quantize.skip_names=['*']"], "quantize: no Linear layer is left"),
     (["quantize.device=tpu"], "quantize.device: 'tpu' is not one of"),
+    (["quantize.model_path={checkpoint}", "quantize.backend_kwargs={a: 1}"], "quantize.backend_kwargs: backend torchao reads none"),
     (["quantize.backend=modelopt.onnx", "quantize.mode=static_ptq", "quantize.model_path={onnx}",
       "dataset.quant_calibration_dataset.images_dir={images}", "dataset.augmentation.test_min_size=96"],
      "dataset.augmentation.test_min_size / test_max_size: calibration images become 96x96, larger than"),

@@ -38,8 +38,13 @@ def is_remote(path: str | os.PathLike) -> bool:
     return bool(_SCHEME.match(str(path)))
 
 
+def _without_query(location: str) -> str:
+    """A URL's path part: a signed URL's query (`?X-Amz-Signature=...`) is neither a name nor printable."""
+    return location.split("?", 1)[0] if is_remote(location) else location
+
+
 def is_archive(path: str | os.PathLike) -> bool:
-    return str(path).lower().rstrip("/").endswith(ARCHIVE_SUFFIXES)
+    return _without_query(str(path)).lower().rstrip("/").endswith(ARCHIVE_SUFFIXES)
 
 
 def join(path: str | os.PathLike, root_dir: str | os.PathLike | None) -> str | Path:
@@ -67,8 +72,8 @@ def cache_key(location: str) -> str:
 
 
 def display(location: str) -> str:
-    """The location for messages: never the user:password of a URL."""
-    return _USERINFO.sub(r"\1***@", location)
+    """The location for messages: never the user:password or the (signed) query of a URL."""
+    return _USERINFO.sub(r"\1***@", _without_query(location))
 
 
 def stage(path: str | os.PathLike, cache_dir: Path | None = None) -> Path:
@@ -182,7 +187,7 @@ def _locked(lock_path: Path, location: str):
 
 
 def _basename(location: str) -> str:
-    name = location.rstrip("/").rsplit("/", 1)[-1]
+    name = _without_query(location).rstrip("/").rsplit("/", 1)[-1]
     return name or "data"
 
 

@@ -191,8 +191,12 @@ class BestCheckpoint(Callback):
         epoch = trainer.current_epoch
         if (epoch + 1) % self.interval and epoch + 1 != self.num_epochs:
             return
+        # callback_metrics keeps the last val_loss: judge it only on the epochs that validated.
+        validated = (epoch + 1) % max(1, int(trainer.check_val_every_n_epoch or 1)) == 0
+        if self.monitor == "val_loss" and not validated:
+            return
         value = trainer.callback_metrics.get(self.metric)
-        if trainer.sanity_checking or value is None:  # val_loss exists on validation epochs only
+        if trainer.sanity_checking or value is None:
             return
         value = float(value)
         if value != value or (self.best is not None and value >= self.best):  # NaN never wins

@@ -35,6 +35,9 @@ def onnx_input(path: Path) -> tuple[str, tuple[int, int]]:
     if not height or not width:
         raise UserError(f"quantize.model_path: {path} has a dynamic image size; export it with a fixed "
                         "export.input_height / export.input_width")
+    if dims[0].dim_value > 1:  # calibration feeds one image at a time
+        raise UserError(f"quantize.model_path: {path} has a fixed batch of {dims[0].dim_value}; export it with "
+                        "export.batch_size -1 (dynamic) or 1 to quantize it")
     return graph_input.name, (int(height), int(width))
 
 

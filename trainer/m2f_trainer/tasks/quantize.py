@@ -51,6 +51,8 @@ def quantize(cfg: Any) -> dict:
         if source.suffix == ".onnx":
             raise SpecError("quantize.model_path: backend torchao quantizes a .pth checkpoint; for an ONNX file use "
                             "backend modelopt.onnx")
+        if spec.backend_kwargs:
+            raise SpecError(f"quantize.backend_kwargs: backend torchao reads none, got {sorted(spec.backend_kwargs)}")
         target = out_dir / f"{source.stem}_int8.pth"
         details = _quantize_checkpoint(spec, source, target)
     else:

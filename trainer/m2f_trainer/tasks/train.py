@@ -128,9 +128,15 @@ def train(cfg: Any) -> int:
         load_model_weights(model, train_cfg.pretrained_model_path, "train.pretrained_model_path")
 
     datamodule = M2FDataModule(cfg)
+    # Build (and stage: download, extract) the splits before the process group exists: a node whose cache is cold
+    # must not hold the others in a collective until distributed_timeout_s.
+    datamodule.setup("fit")
     # Validation needs labels; an unlabelled or absent val split just skips it.
     evaluator = ModelEvaluator(cfg, datamodule.eval_ground_truth("val")) if datamodule.labelled("val") else None
     module = Mask2FormerModule(model, criterion, cfg, evaluator)
+    if train_cfg.optim.monitor_name == "val_loss" and evaluator is None:
+        log.warning("train.optim.monitor_name val_loss: no labelled val split, so no validation loss; "
+                    "mask2former_model_best.pth will not be written")
 
     progress = ProgressCallback(train_dir, train_cfg.num_epochs, cfg.dataset.train.batch_size,
                                 plain_logs=not sys.stderr.isatty())
