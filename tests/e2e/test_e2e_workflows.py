@@ -325,8 +325,9 @@ def test_permanent_trainer_error_fails_at_once_with_its_message(cluster_env: Clu
     status = env.recorder.status(TRAINS, name)
     assert status["phase"] == "Failed", status  # still: nothing retried it since
     message = condition(status, "Failed").get("message", "")
-    error_lines = [line for line in message.splitlines() if line.startswith("error:")]
-    assert len(error_lines) == 1 and "does-not-exist" in error_lines[0], message
+    # The trainer's one error line (the operator may prefix it with the pod and exit code on the same line).
+    error_lines = [line for line in message.splitlines() if "error: " in line]
+    assert len(error_lines) == 1 and message.count("error: ") == 1 and "does-not-exist" in error_lines[0], message
     assert "Traceback" not in message, message
     assert status["restarts"] == 0, status
     pods = env.recorder.pod_uids(name)
