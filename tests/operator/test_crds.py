@@ -13,8 +13,8 @@ from m2f_operator import crds
 from m2f_operator.builders import build_configmap, build_gang, build_service, build_stages, meta
 from m2f_operator.validation import spec_error
 
-EXAMPLES = ["train.yaml", "evaluate.yaml", "inference.yaml", "export.yaml", "demo/train.yaml", "demo/export.yaml",
-            "demo/inference.yaml"]
+EXAMPLES = ["train.yaml", "train-s3.yaml", "evaluate.yaml", "inference.yaml", "export.yaml", "demo/train.yaml",
+            "demo/export.yaml", "demo/inference.yaml"]
 
 
 @pytest.mark.parametrize("folder", ["crds", "charts/mask2former-operator/crds"])
@@ -109,7 +109,12 @@ def _openapi_to_jsonschema(node):
 
 @pytest.mark.parametrize("example", EXAMPLES)
 def test_examples_conform_to_their_crd_and_render_valid_pods(repo_root, example):
-    body = yaml.safe_load((repo_root / "examples" / example).read_text())
+    documents = list(yaml.safe_load_all((repo_root / "examples" / example).read_text()))
+    # An example may bring what its resource needs (train-s3.yaml: the credentials' Secret) as further documents.
+    [body] = [d for d in documents if d["kind"] in meta.KINDS]
+    for other in documents:
+        if other is not body:
+            kubernetes_validate.validate(other, "1.30", strict=True)
     info = meta.KINDS[body["kind"]]
     schema = crds.build_crd(info)["spec"]["versions"][0]["schema"]["openAPIV3Schema"]
     jsonschema.validate(body, _openapi_to_jsonschema(schema))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import contextlib
 import ipaddress
 import json
@@ -229,6 +230,30 @@ def test_missing_configmap_waits_then_starts(cluster):
     core.create_namespaced_config_map("default", {"metadata": {"name": "late"}, "data": {"x": "hello"}})
     _wait(core, "waits", lambda p: p and p.status.phase == "Succeeded")
     assert core.read_namespaced_pod_log("waits", "default") == "hello\n"
+
+
+def test_env_from_a_secret_is_decoded_and_a_missing_secret_waits(cluster):
+    """`envFrom.secretRef` as S3 credentials reach the trainer: every key of the Secret's base64 `data` becomes
+    a variable (a later `env` entry wins); until the Secret exists the pod waits in CreateContainerConfigError."""
+    core, _, _ = cluster
+    names = ("AWS_ENDPOINT_URL", "AWS_SECRET_ACCESS_KEY", "S3_AWS_DEFAULT_REGION", "AWS_DEFAULT_REGION")
+    script = f"import os; print(*(os.environ[name] for name in {names!r}))"
+    pod = _pod("from-secret", script, env=[{"name": "AWS_DEFAULT_REGION", "value": "eu-west-1"}])
+    pod["spec"]["containers"][0]["envFrom"] = [{"secretRef": {"name": "s3"}},
+                                               {"secretRef": {"name": "s3"}, "prefix": "S3_"}]
+    core.create_namespaced_pod("default", pod)
+    pending = _wait(core, "from-secret", lambda p: p and p.status.container_statuses)
+    waiting = pending.status.container_statuses[0].state.waiting
+    assert pending.status.phase == "Pending" and waiting.reason == "CreateContainerConfigError", pending.status
+    assert waiting.message == 'secret "s3" not found'
+    # The API serves a Secret's values base64-encoded in `data` (kubectl turns a manifest's `stringData` into it).
+    core.create_namespaced_secret("default", {"metadata": {"name": "s3"}, "data": {
+        "AWS_ENDPOINT_URL": base64.b64encode(b"http://127.0.0.1:9000").decode(),
+        "AWS_SECRET_ACCESS_KEY": base64.b64encode(b"k3y/with+base64=chars").decode(),
+        "AWS_DEFAULT_REGION": base64.b64encode(b"us-east-1").decode()}})
+    _wait(core, "from-secret", lambda p: p and p.status.phase == "Succeeded")
+    assert core.read_namespaced_pod_log("from-secret", "default") == (
+        "http://127.0.0.1:9000 k3y/with+base64=chars us-east-1 eu-west-1\n")
 
 
 def test_ports_are_remapped_per_job(cluster):
