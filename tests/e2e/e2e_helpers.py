@@ -12,6 +12,7 @@ from __future__ import annotations
 import functools
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -349,8 +350,9 @@ def runs(records: list[dict]) -> list[list[dict]]:
 
 
 def epoch_checkpoints(train_dir: Path) -> list[int]:
-    """Epochs of the model_epoch_NNN.pth files present now."""
-    return sorted(int(p.stem.rsplit("_", 1)[1]) for p in train_dir.glob("model_epoch_*.pth"))
+    """Epochs of the model_epoch_NNN_step_SSSSS.pth files (TAO's names) present now."""
+    names = (re.fullmatch(r"model_epoch_(\d{3,})_step_\d{5,}\.pth", p.name) for p in train_dir.glob("model_epoch_*"))
+    return sorted(int(match[1]) for match in names if match)
 
 
 def assert_resumed(records: list[dict], checkpoints_at_fault: list[int], total_epochs: int) -> tuple[dict, dict]:

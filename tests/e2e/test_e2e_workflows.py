@@ -68,7 +68,7 @@ def _running_pod(env: ClusterEnv, name: str) -> dict | None:
 
 
 def _wait_first_checkpoint(env: ClusterEnv, job: str) -> list[int]:
-    """Both workers Running and model_epoch_000.pth on the results volume: training is under way."""
+    """Both workers Running and the first epoch checkpoint on the results volume: training is under way."""
     def ready():
         pods = [_running_pod(env, f"{job}-worker-{i}") for i in range(NODES)]
         return all(pods) and epoch_checkpoints(env.train_dir(job))

@@ -145,6 +145,14 @@ def test_resume_discovery_and_weight_loading(tmp_path):
     train_dir = tmp_path / "train"
     train_dir.mkdir()
     assert checkpoints.find_resume_checkpoint(train_dir, None) is None
+    # Epoch files under TAO's names and the older model_epoch_NNN.pth, in training order (numeric, not by name).
+    ordered = ["model_epoch_000.pth", "model_epoch_001.pth", "model_epoch_001_step_00010.pth",
+               "model_epoch_999_step_99999.pth", "model_epoch_1000_step_100000.pth"]
+    for name in [*reversed(ordered), "model_epoch_x.pth", ".model_epoch_002_step_00015.pth.q1w2.tmp"]:
+        (train_dir / name).write_bytes(b"e")
+    assert [p.name for p in checkpoints.epoch_checkpoints(train_dir)] == ordered
+    # No latest (a kill between the epoch file and its publication): the newest epoch file.
+    assert checkpoints.find_resume_checkpoint(train_dir, None) == train_dir / ordered[-1]
     (train_dir / checkpoints.LATEST_NAME).write_bytes(b"x")
     assert checkpoints.find_resume_checkpoint(train_dir, None) == train_dir / checkpoints.LATEST_NAME
     explicit = tmp_path / "other.pth"

@@ -65,10 +65,12 @@ def trained(synth_spec, tmp_path_factory) -> Path:
 
 def test_training_writes_checkpoints_and_metrics(trained):
     train_dir = trained / "train"
+    # TAO's names: 0-based epoch and the optimizer steps taken (4 images, batch 2: 2 steps an epoch).
     assert sorted(p.name for p in train_dir.glob("*.pth")) == ["mask2former_model_best.pth", LATEST,
-                                                                "model_epoch_000.pth", "model_epoch_001.pth"]
+                                                                "model_epoch_000_step_00002.pth",
+                                                                "model_epoch_001_step_00004.pth"]
     checkpoint = torch.load(train_dir / LATEST, map_location="cpu", weights_only=False)
-    epoch_1 = torch.load(train_dir / "model_epoch_001.pth", map_location="cpu", weights_only=False)
+    epoch_1 = torch.load(train_dir / "model_epoch_001_step_00004.pth", map_location="cpu", weights_only=False)
     assert checkpoint["epoch"] == 1 and checkpoint["global_step"] == 4  # 4 images, batch 2, 2 epochs
     assert checkpoint["optimizer_states"] and checkpoint["lr_schedulers"] and "loops" in checkpoint
     # The model's own key layout (docs/model.md) plus its model_config: loadable by the model package.
@@ -125,10 +127,28 @@ def test_restart_of_a_finished_run_is_a_no_op_and_explicit_resume_wins(trained, 
     (other / "train" / LATEST).write_bytes((train_dir / LATEST).read_bytes())  # would say "finished"
     assert main(["train", "-e", str(synth_spec), f"results_dir={other}", "train.num_epochs=2",
                  "train.metrics_port=0",
-                 f"train.resume_training_checkpoint_path={train_dir / 'model_epoch_000.pth'}"]) == 0
+                 f"train.resume_training_checkpoint_path={train_dir / 'model_epoch_000_step_00002.pth'}"]) == 0
     records = read_jsonl(other / "train" / "metrics.jsonl")
     assert records[0]["event"] == "start" and records[0]["epoch"] == 1 and records[0]["step"] == 2
     assert [r["epoch"] for r in records if r["event"] == "step"] == [1, 1]
+
+
+@pytest.mark.parametrize("with_latest", [True, False], ids=["latest", "epoch-file-only"])
+def test_a_results_dir_with_the_old_epoch_names_still_resumes(trained, synth_spec, tmp_path, with_latest):
+    """Earlier versions wrote model_epoch_NNN.pth. Such a results dir resumes from its latest checkpoint, or from
+    its newest epoch file when a kill came before the latest was published; new files get TAO's names."""
+    epoch_0 = (trained / "train" / "model_epoch_000_step_00002.pth").read_bytes()
+    train_dir = tmp_path / "results" / "train"
+    train_dir.mkdir(parents=True)
+    (train_dir / "model_epoch_000.pth").write_bytes(epoch_0)
+    if with_latest:
+        (train_dir / LATEST).write_bytes(epoch_0)
+    assert main(["train", "-e", str(synth_spec), f"results_dir={train_dir.parent}", "train.num_epochs=2",
+                 "train.metrics_port=0"]) == 0
+    records = read_jsonl(train_dir / "metrics.jsonl")
+    assert records[0]["event"] == "start" and records[0]["epoch"] == 1 and records[0]["step"] == 2
+    assert sorted(p.name for p in train_dir.glob("model_epoch_*.pth")) == ["model_epoch_000.pth",
+                                                                          "model_epoch_001_step_00004.pth"]
 
 
 def test_pretrained_weights_load_without_training_state(trained, synth_spec, tmp_path, caplog):
@@ -230,10 +250,9 @@ def test_sigkill_after_first_checkpoint_then_restart_resumes_at_next_epoch(tmp_p
     args = ["train", "-e", str(spec), f"results_dir={results}", "train.num_epochs=4",
             "dataset.val.panoptic_json=null", "dataset.val.img_dir=null"]
     proc = m2f_process(args, tmp_path / "first.log")
-    first = results / "train" / "model_epoch_000.pth"
     try:
-        # LATEST is published after the epoch file: a kill between the two would resume from scratch.
-        wait_for(lambda: first.exists() and (results / "train" / LATEST).exists(), 240, proc, "the first checkpoint")
+        # LATEST is published after the epoch file, and the saved epoch is read from it below.
+        wait_for(lambda: (results / "train" / LATEST).exists(), 240, proc, "the first checkpoint")
         proc.send_signal(signal.SIGKILL)
         proc.wait(timeout=30)
     finally:
@@ -251,7 +270,7 @@ def test_sigkill_after_first_checkpoint_then_restart_resumes_at_next_epoch(tmp_p
     assert resumed[0]["epoch"] == saved_epoch + 1 and resumed[0]["step"] == 2 * (saved_epoch + 1)
     resumed_epochs = sorted({r["epoch"] for r in resumed if r["event"] == "step"})
     assert resumed_epochs == list(range(saved_epoch + 1, 4))
-    assert (results / "train" / "model_epoch_003.pth").exists()
+    assert (results / "train" / "model_epoch_003_step_00008.pth").exists()
 
 
 @pytest.mark.slow

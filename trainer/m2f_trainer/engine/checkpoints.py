@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -30,7 +31,11 @@ LATEST_NAME = "mask2former_model_latest.pth"
 BEST_NAME = "mask2former_model_best.pth"
 # train.optim.monitor_name -> the logged metric it reads (lower is better for both).
 MONITORED = {"train_loss": "train_loss_epoch", "val_loss": "val_loss"}
-EPOCH_TEMPLATE = "model_epoch_{epoch:03d}.pth"
+# TAO's scheme: epoch 0-based, step = optimizer steps taken (trainer.global_step) when the file is written.
+EPOCH_TEMPLATE = "model_epoch_{epoch:03d}_step_{step:05d}.pth"
+# Epoch checkpoints this trainer reads: TAO's scheme and the model_epoch_NNN.pth that earlier versions wrote,
+# so a results dir from before the rename still resumes.
+EPOCH_NAME = re.compile(r"model_epoch_(\d+)(?:_step_(\d+))?\.pth")
 
 
 def atomic_torch_save(obj: Any, path: str | os.PathLike) -> Path:
@@ -75,15 +80,31 @@ class AtomicCheckpointIO(TorchCheckpointIO):
         atomic_torch_save(checkpoint, path)
 
 
+def epoch_checkpoints(train_dir: Path) -> list[Path]:
+    """The epoch checkpoints in `train_dir` in training order, under either name (see EPOCH_NAME)."""
+    found = []
+    for path in Path(train_dir).glob("model_epoch_*.pth"):
+        match = EPOCH_NAME.fullmatch(path.name)
+        if match:
+            # An old name has no step: at the same epoch it sorts before a new one written by a resumed run.
+            found.append((int(match[1]), int(match[2] or -1), path))
+    return [path for _, _, path in sorted(found)]
+
+
 def find_resume_checkpoint(train_dir: Path, explicit: str | None) -> Path | None:
-    """train.resume_training_checkpoint_path wins; otherwise the latest checkpoint in <results_dir>/train."""
+    """train.resume_training_checkpoint_path wins; otherwise the latest checkpoint in <results_dir>/train, else
+    its newest epoch checkpoint."""
     if explicit:
         path = Path(explicit)
         if not path.is_file():
             raise UserError(f"train.resume_training_checkpoint_path: file not found: {path}")
         return path
     latest = train_dir / LATEST_NAME
-    return latest if latest.is_file() else None
+    if latest.is_file():
+        return latest
+    # The latest is published after the epoch file: a kill between the two leaves only the epoch file.
+    epochs = epoch_checkpoints(train_dir)
+    return epochs[-1] if epochs else None
 
 
 def read_model_weights(path: str | os.PathLike, field: str) -> dict[str, torch.Tensor]:
@@ -133,7 +154,8 @@ def load_model_weights(model: torch.nn.Module, path: str | os.PathLike, field: s
 
 
 class EpochCheckpoint(Callback):
-    """Every `interval` epochs (and at the last one) write model_epoch_NNN.pth and publish it as the latest.
+    """Every `interval` epochs (and at the last one) write model_epoch_NNN_step_SSSSS.pth (EPOCH_TEMPLATE) and
+    publish it as the latest.
     A SIGTERM between steps also saves the latest, so a restart loses at most the current step."""
 
     def __init__(self, train_dir: Path, interval: int, num_epochs: int) -> None:
@@ -147,7 +169,7 @@ class EpochCheckpoint(Callback):
             return
         if trainer.sanity_checking:
             return
-        epoch_path = self.train_dir / EPOCH_TEMPLATE.format(epoch=epoch)
+        epoch_path = self.train_dir / EPOCH_TEMPLATE.format(epoch=epoch, step=trainer.global_step)
         trainer.save_checkpoint(epoch_path, weights_only=False)
         if trainer.is_global_zero:
             atomic_link_or_copy(epoch_path, self.train_dir / LATEST_NAME)
