@@ -24,9 +24,14 @@ class _RaisingParser(argparse.ArgumentParser):
         raise UserError(f"{self.prog}: {message}")
 
 
+def raising_parser(prog: str, description: str | None = None) -> argparse.ArgumentParser:
+    """An argparse parser whose errors are UserErrors (one line, exit 2)."""
+    return _RaisingParser(prog=prog, description=description)
+
+
 def build_task_parser(prog: str, description: str | None = None) -> argparse.ArgumentParser:
     """The parser every task starts from; tasks may add their own options before parsing."""
-    parser = _RaisingParser(prog=prog, description=description)
+    parser = raising_parser(prog, description)
     parser.add_argument(
         "-e", "--experiment_spec_file", "--experiment_spec", dest="experiment_spec_file", metavar="SPEC",
         help="experiment spec YAML (TAO-compatible)",
