@@ -346,6 +346,9 @@ def test_rank_zero_serves_the_progress_the_operator_reads(tmp_path):
     assert all(p["totalEpochs"] == 3 and 1 <= p["epoch"] <= 3 and p["step"] >= 1 for p in seen), seen
     assert [p["step"] for p in seen] == sorted(p["step"] for p in seen) and seen[-1]["loss"] > 0
     assert seen[-1]["updateTime"].endswith("Z") and seen[-1]["imagesPerSecond"] > 0
+    # Every scalar of the last validation and its epoch: what a sweep's early stopping reads.
+    validated = [p["validation"] for p in seen if "validation" in p]
+    assert validated and all(1 <= v["epoch"] <= 3 and {"PQ", "SQ", "RQ"} <= set(v["metrics"]) for v in validated)
 
 
 

@@ -161,6 +161,7 @@ class Mask2FormerModule(L.LightningModule):
     def on_validation_epoch_start(self) -> None:
         if self.evaluator is not None:
             self.evaluator.reset()
+        self._val_loss = torch.zeros(2, device=self.device)  # (sum, images) of the loss, when it is computed
 
     def validation_step(self, batch, batch_idx: int) -> None:
         if self.evaluator is None:
@@ -171,6 +172,7 @@ class Mask2FormerModule(L.LightningModule):
             with torch.autocast(device_type=self.device.type, enabled=False):
                 loss = sum(self.criterion(_to_float(outputs), targets).values())
             self.log("val_loss", loss.detach(), on_step=False, on_epoch=True, batch_size=len(images), sync_dist=True)
+            self._val_loss += torch.stack([loss.detach().float() * len(images), loss.new_tensor(float(len(images)))])
         self.evaluator.update(_to_float(outputs), metas, padded_size=tuple(images.shape[-2:]),
                               keep=self._not_padding(batch_idx, len(metas)))
 
@@ -190,6 +192,11 @@ class Mask2FormerModule(L.LightningModule):
         from m2f_trainer.engine.validation import scalar_metrics
 
         metrics = scalar_metrics(self.evaluator.compute(self.trainer.strategy))
+        if self.cfg.train.optim.monitor_name == "val_loss":
+            # The validation loss joins the metrics (metrics.jsonl, the progress a sweep's early stopping reads).
+            total, images = self.trainer.strategy.reduce(self._val_loss, reduce_op="sum").tolist()
+            if images:
+                metrics["loss"] = total / images
         name, value = self.evaluator.primary(metrics)
         value = float("nan") if value is None else float(value)
         self.log(f"val_{name}", value, rank_zero_only=True)

@@ -102,7 +102,7 @@ class ProgressCallback(Callback):
         log.info("validation epoch %d: %s", trainer.current_epoch + 1,
                  " ".join(f"{k}={v:.4f}" for k, v in metrics.items() if isinstance(v, float)))
         if self.exporter is not None:
-            self.exporter.update_validation(*primary)
+            self.exporter.update_validation(*primary, metrics=metrics, epoch=trainer.current_epoch + 1)
 
     def on_train_epoch_end(self, trainer, pl_module) -> None:
         if self.jsonl is not None:

@@ -41,6 +41,11 @@ class TrainingExporter:
                                        registry=self.registry)
         self.last_metric = Gauge("m2f_validation_metric", "last validation metric", ["name"],
                                  registry=self.registry)
+        # Every scalar of the last validation and its epoch: what a sweep's early stopping reads.
+        self.validation_values = Gauge("m2f_validation_value", "every scalar metric of the last validation", ["name"],
+                                       registry=self.registry)
+        self.validation_epoch = Gauge("m2f_validation_epoch", "epoch (1-based) of the last validation",
+                                      registry=self.registry)
         self.gpu_memory = Gauge("m2f_gpu_memory_allocated_bytes", "GPU memory allocated by this process",
                                 registry=self.registry)
         self._server, self._thread = start_http_server(port, addr=addr, registry=self.registry)
@@ -61,8 +66,13 @@ class TrainingExporter:
     def set_total_epochs(self, epochs: int) -> None:
         self.epochs_total.set(epochs)
 
-    def update_validation(self, name: str, value: float) -> None:
+    def update_validation(self, name: str, value: float, metrics: dict[str, float] | None = None,
+                          epoch: int | None = None) -> None:
         self.last_metric.labels(name=name).set(value)
+        for key, number in (metrics or {}).items():
+            self.validation_values.labels(name=key).set(number)
+        if epoch is not None:
+            self.validation_epoch.set(epoch)
 
     def close(self) -> None:
         self._server.shutdown()
