@@ -24,6 +24,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "validate": ("m2f_spec.cli", "validate an experiment spec and print it resolved"),
     "schema": ("m2f_spec.cli", "print the JSON Schema of the experiment spec"),
     "data": ("m2f_trainer.data.cli", "dataset tools: `data check`, `data synth`"),
+    "sweep": ("m2f_trainer.tasks.sweep", "hyperparameter search (Optuna) trial by trial; `sweep report` for any sweep"),
     "curves": ("m2f_trainer.tasks.curves", "draw a run's loss and validation curves (PNG) from its metrics.jsonl"),
     "convert-checkpoint": ("m2f_trainer.model.convert", "convert HF / detectron2 Mask2Former weights"),
 }
