@@ -56,6 +56,8 @@ class Cluster:
         self._count("create", kind.lower() + "s")
         if manifest["apiVersion"] in POD_GROUP_APIS:
             create, read = self._custom_object_calls(*POD_GROUP_APIS[manifest["apiVersion"]])
+        elif manifest["apiVersion"] == meta.API_VERSION:  # a sweep's trial
+            create, read = self._custom_object_calls(meta.GROUP, meta.VERSION, meta.KINDS[kind].plural)
         else:
             create, read = {
                 "Pod": (self.core.create_namespaced_pod, self.core.read_namespaced_pod),
@@ -91,6 +93,12 @@ class Cluster:
             return self.custom.get_namespaced_custom_object(group, version, namespace, plural, name,
                                                             _preload_content=_preload_content)
         return create, read
+
+    def list_resources(self, plural: str, namespace: str, label_selector: str) -> list[dict]:
+        self._count("list", plural)
+        listing = self.custom.list_namespaced_custom_object(meta.GROUP, meta.VERSION, namespace, plural,
+                                                            label_selector=label_selector)
+        return list(listing.get("items") or [])
 
     def delete_pod(self, namespace: str, name: str, force: bool) -> None:
         self._count("delete", "pods")

@@ -12,7 +12,8 @@ from pathlib import Path
 
 import yaml
 
-from m2f_operator.builders.meta import CATEGORY, GROUP, KINDS, VERSION, KindInfo
+from m2f_operator.builders.meta import CATEGORY, GROUP, KINDS, SWEEP, VERSION, KindInfo
+from m2f_operator.sweep import crd as sweep_crd
 
 MAX_STRING_LENGTH = 4096
 MAX_LIST_ITEMS = 64
@@ -196,20 +197,23 @@ def gang_shape_rule(info: KindInfo) -> dict:
             "message": f"{fields} change only while suspended (set spec.suspend: true, edit, then resume)"}
 
 
+_CONDITION = {
+    "type": "object",
+    "required": ["type", "status"],
+    "properties": {
+        "type": {"type": "string"},
+        "status": {"type": "string", "enum": ["True", "False", "Unknown"]},
+        "reason": {"type": "string"},
+        "message": {"type": "string"},
+        "lastTransitionTime": {"type": "string", "format": "date-time"},
+        "observedGeneration": {"type": "integer", "description": "The generation this condition describes "
+                                                                "(Ready, Reconciling, Stalled: kstatus)."},
+    },
+}
+
+
 def status_schema(info: KindInfo) -> dict:
-    condition = {
-        "type": "object",
-        "required": ["type", "status"],
-        "properties": {
-            "type": {"type": "string"},
-            "status": {"type": "string", "enum": ["True", "False", "Unknown"]},
-            "reason": {"type": "string"},
-            "message": {"type": "string"},
-            "lastTransitionTime": {"type": "string", "format": "date-time"},
-            "observedGeneration": {"type": "integer", "description": "The generation this condition describes "
-                                                                    "(Ready, Reconciling, Stalled: kstatus)."},
-        },
-    }
+    condition = _CONDITION
     return {
         "type": "object",
         "properties": {
@@ -269,6 +273,15 @@ def printer_columns(info: KindInfo) -> list[dict]:
 
 
 def build_crd(info: KindInfo) -> dict:
+    if info == SWEEP:
+        return _crd(info, sweep_crd.spec_schema(spec_schema(KINDS["Mask2FormerTrain"])),
+                    sweep_crd.status_schema(_CONDITION), sweep_crd.printer_columns(),
+                    "Mask2FormerSweep: a hyperparameter search whose trials are Mask2FormerTrains.")
+    return _crd(info, spec_schema(info), status_schema(info), printer_columns(info),
+                f"{info.kind}: runs `m2f {info.task}` as Kubernetes pods.")
+
+
+def _crd(info: KindInfo, spec: dict, status: dict, columns: list[dict], description: str) -> dict:
     return {
         "apiVersion": "apiextensions.k8s.io/v1",
         "kind": "CustomResourceDefinition",
@@ -289,16 +302,16 @@ def build_crd(info: KindInfo) -> dict:
                 "served": True,
                 "storage": True,
                 "subresources": {"status": {}},
-                "additionalPrinterColumns": printer_columns(info),
+                "additionalPrinterColumns": columns,
                 "schema": {"openAPIV3Schema": {
                     "type": "object",
-                    "description": f"{info.kind}: runs `m2f {info.task}` as Kubernetes pods.",
+                    "description": description,
                     "properties": {
                         "apiVersion": {"type": "string"},
                         "kind": {"type": "string"},
                         "metadata": {"type": "object"},
-                        "spec": spec_schema(info),
-                        "status": status_schema(info),
+                        "spec": spec,
+                        "status": status,
                     },
                 }},
             }],
@@ -309,7 +322,7 @@ def build_crd(info: KindInfo) -> dict:
 def build_crds(cel: bool = True) -> list[dict]:
     """`cel=False`: for servers before 1.25, whose CRD schema has no x-kubernetes-validations (kubectl's
     client-side validation refuses the unknown field there; the operator enforces those rules itself)."""
-    crds = [build_crd(info) for info in KINDS.values()]
+    crds = [build_crd(info) for info in (*KINDS.values(), SWEEP)]
     return crds if cel else [_without_cel(crd) for crd in crds]
 
 

@@ -298,3 +298,6 @@ def _register() -> None:
 
 
 _register()
+
+# Mask2FormerSweep's handlers live beside their reconcile; importing them registers them with kopf.
+import m2f_operator.sweep.handlers  # noqa: E402,F401

@@ -38,6 +38,7 @@ _INTEGERS = {"epoch", "totalEpochs", "step"}
 def progress_from_metrics(text: str, now: datetime) -> dict | None:
     """The exposition text -> status.progress (values rounded for display), or None when it has no training."""
     progress: dict = {}
+    validation: dict = {}  # every metric of the last validation and its epoch (a sweep's intermediate values)
     for family in text_string_to_metric_families(text):
         for sample in family.samples:
             if not math.isfinite(sample.value):
@@ -47,8 +48,14 @@ def progress_from_metrics(text: str, now: datetime) -> dict | None:
                 progress[key] = int(sample.value) if key in _INTEGERS else round(sample.value, 4)
             elif sample.name == "m2f_validation_metric" and "name" in sample.labels:
                 progress["lastMetric"] = {"name": sample.labels["name"], "value": round(sample.value, 4)}
+            elif sample.name == "m2f_validation_value" and "name" in sample.labels:
+                validation.setdefault("metrics", {})[sample.labels["name"]] = float(f"{sample.value:.6g}")
+            elif sample.name == "m2f_validation_epoch" and sample.value >= 1:
+                validation["epoch"] = int(sample.value)
     if progress.get("epoch", 0) < 1 or "step" not in progress:  # the gauges exist before the first step
         return None
+    if "epoch" in validation and validation.get("metrics"):
+        progress["validation"] = validation
     progress["updateTime"] = format_time(now)
     return progress
 

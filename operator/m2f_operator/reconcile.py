@@ -310,9 +310,11 @@ class _Reconciler:
         self.draft.fields["artifacts"] = artifacts
         metrics = summary.get("metrics")
         if isinstance(metrics, dict):
-            # Rounded for display (printer columns, dashboards); metrics.json in the results keeps full precision.
+            # Six significant digits: short in printer columns and dashboards, yet precise enough to rank a sweep's
+            # trials by (a small loss keeps its digits); metrics.json in the results keeps full precision.
             self.draft.fields["metrics"] = {
-                str(k): round(float(v), 4) for k, v in metrics.items() if isinstance(v, (int, float)) and not isinstance(v, bool)
+                str(k): float(f"{float(v):.6g}") for k, v in metrics.items()
+                if isinstance(v, (int, float)) and not isinstance(v, bool)
             }
             # The last progress read may predate the final validation (rank 0 ended before the next read): the
             # printer column shows the final value.
@@ -323,7 +325,7 @@ class _Reconciler:
             last = progress.get("lastMetric") or {}
             if last.get("name") in self.draft.fields["metrics"]:
                 self.draft.fields["progress"] = {**self.draft.fields["progress"], "lastMetric": {
-                    **last, "value": self.draft.fields["metrics"][last["name"]]}}
+                    **last, "value": round(self.draft.fields["metrics"][last["name"]], 4)}}
         condition = STAGE_CONDITIONS.get(stage.role)
         if condition:
             path = artifacts[STAGE_ARTIFACTS[stage.role]]

@@ -54,13 +54,17 @@ class StatusDraft:
     fields: dict
     now: datetime
     events: list[Event] = field(default_factory=list)
+    # What this draft owns and starts from (a sweep's status has its own fields, see sweep/status.py).
+    owned_fields = OWNED_FIELDS
+    initial = {"restarts": 0}
 
     @classmethod
     def start(cls, status: dict | None, generation: int | None, now: datetime) -> StatusDraft:
-        owned = {key: copy.deepcopy(value) for key, value in (status or {}).items() if key in OWNED_FIELDS}
+        owned = {key: copy.deepcopy(value) for key, value in (status or {}).items() if key in cls.owned_fields}
         owned.setdefault("phase", PENDING)
         owned.setdefault("conditions", [])
-        owned.setdefault("restarts", 0)
+        for key, value in cls.initial.items():
+            owned.setdefault(key, value)
         if generation is not None:
             owned["observedGeneration"] = generation
         return cls(owned, now)
@@ -133,7 +137,7 @@ class StatusDraft:
         """The merge patch turning the observed status into this draft (empty: nothing to write)."""
         current = status or {}
         patch = {key: value for key, value in self.fields.items() if current.get(key) != value}
-        for key in OWNED_FIELDS:
+        for key in self.owned_fields:
             if key in current and key not in self.fields:
                 patch[key] = None
         return patch

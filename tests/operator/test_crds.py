@@ -29,7 +29,9 @@ def test_pre_1_25_crds_are_the_same_without_cel_and_no_crd_has_a_null_enum(repo_
     assert crds.main(["check", "--no-cel", str(repo_root / "crds" / "pre-1.25")]) == 0
     for with_cel, without in zip(crds.build_crds(), crds.build_crds(cel=False), strict=True):
         cel_paths = [path for path, node in _walk(with_cel) if "x-kubernetes-validations" in node]
-        assert cel_paths and not [path for path, node in _walk(without) if "x-kubernetes-validations" in node]
+        # The sweep has no rule: the operator fixes its search (status.searchDigest), on every server alike.
+        sweep = with_cel["spec"]["names"]["kind"] == "Mask2FormerSweep"
+        assert (cel_paths or sweep) and not [path for path, node in _walk(without) if "x-kubernetes-validations" in node]
         stripped = copy.deepcopy(with_cel)
         for _, node in list(_walk(stripped)):
             node.pop("x-kubernetes-validations", None)

@@ -22,7 +22,8 @@ REPO = Path(__file__).resolve().parents[2]
 
 KUBECTL = shutil.which("kubectl", path=str(Path(sys.executable).parent)) or "kubectl"
 CRDS = {"mask2formertrains.mask2former.io", "mask2formerevaluates.mask2former.io",
-        "mask2formerinferences.mask2former.io", "mask2formerexports.mask2former.io"}
+        "mask2formerinferences.mask2former.io", "mask2formerexports.mask2former.io",
+        "mask2formersweeps.mask2former.io"}
 
 
 def _kubectl(kubeconfig, *args: str, check: bool = True) -> subprocess.CompletedProcess:

@@ -50,7 +50,7 @@ def test_every_rendered_manifest_is_valid(repo_root, sets):
         if doc["kind"] in FOREIGN_KINDS:
             continue
         kubernetes_validate.validate(doc, "1.30", strict=True)
-    assert len(by_kind(docs, "CustomResourceDefinition")) == 4
+    assert len(by_kind(docs, "CustomResourceDefinition")) == len(PLURALS)
     assert bool(by_kind(docs, "ServiceMonitor")) == ("metrics.serviceMonitor.enabled=true" in sets)
 
 
@@ -86,7 +86,8 @@ def test_deployment_is_hardened_two_replicas_with_a_lease_and_liveness(repo_root
     assert env["M2F_WATCH_NAMESPACE"] == "" and env["M2F_WORKER_SERVICE_ACCOUNT"] == "mask2former-worker"
 
 
-PLURALS = ("mask2formertrains", "mask2formerevaluates", "mask2formerinferences", "mask2formerexports")
+PLURALS = ("mask2formertrains", "mask2formerevaluates", "mask2formerinferences", "mask2formerexports",
+           "mask2formersweeps")
 
 
 def test_rbac_modes_and_least_privilege(repo_root):

@@ -485,5 +485,5 @@ def test_the_final_validation_replaces_a_stale_progress_value():
                                                      "lastMetric": {"name": "PQ", "value": 0.009}})
     done = pod(index=0, phase="Succeeded", exit_code=0, message=json.dumps({"metrics": {"PQ": 0.23576717723}}))
     status = applied(body, run(body, [done]))["status"]
-    assert status["metrics"] == {"PQ": 0.2358} and status["progress"]["lastMetric"] == {"name": "PQ", "value": 0.2358}
+    assert status["metrics"] == {"PQ": 0.235767} and status["progress"]["lastMetric"] == {"name": "PQ", "value": 0.2358}
     assert status["progress"]["epoch"] == 3

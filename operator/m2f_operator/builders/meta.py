@@ -30,6 +30,13 @@ KINDS: dict[str, KindInfo] = {
     )
 }
 KIND_BY_PLURAL = {info.plural: info for info in KINDS.values()}
+# The sweep owns Mask2FormerTrain trials, not pods: it is not among KINDS (whose handlers and policies are the
+# pod-owning jobs'). Its `task` is what `m2f sweep` does locally.
+SWEEP = KindInfo("Mask2FormerSweep", "mask2formersweeps", "mask2formersweep", ("m2fsweep",), "sweep")
+LABEL_SWEEP = f"{GROUP}/sweep"  # on every trial: the sweep's name
+LABEL_TRIAL = f"{GROUP}/trial"  # on every trial: its number in the sweep
+ANNOTATION_TRIAL_PARAMETERS = f"{GROUP}/trial-parameters"  # JSON: what the sweep suggested
+ANNOTATION_TRIAL_SEEN = f"{GROUP}/trial-seen"  # how many earlier trials the suggestion learned from
 
 # Labels on every child; selectors and the operator's pod index rely on them.
 LABEL_JOB_NAME = f"{GROUP}/job-name"
