@@ -302,3 +302,28 @@ def test_gradient_clipping_once_per_step(kind, tmp_path):
             assert grads.norm() == pytest.approx(0.5, rel=1e-4)
         else:  # each element is clamped; the norm stays above the threshold
             assert grads.abs().max() == pytest.approx(0.5) and grads.norm() > 0.5
+
+
+def test_until_sigterm_unwinds_the_work_and_says_terminated(tmp_path):
+    import os
+    import signal
+    import time
+
+    from m2f_trainer.engine.signals import until_sigterm
+
+    cleaned = []
+
+    def work():
+        try:
+            os.kill(os.getpid(), signal.SIGTERM)
+            time.sleep(30)
+            return "finished"
+        finally:
+            cleaned.append(True)  # what a task's temporary files rely on
+
+    before = signal.getsignal(signal.SIGTERM)
+    assert until_sigterm(work) is None and cleaned == [True]
+    assert signal.getsignal(signal.SIGTERM) is before  # the task's handler is gone again
+    assert until_sigterm(lambda: "done") == "done"
+    with pytest.raises(ValueError):
+        until_sigterm(lambda: int("x"))

@@ -6,7 +6,8 @@ import contextlib
 import logging
 import signal
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from typing import TypeVar
 
 from lightning.pytorch.callbacks import Callback
 
@@ -89,6 +90,21 @@ def is_termination(exc: BaseException) -> bool:
     from lightning.pytorch.utilities.exceptions import SIGTERMException
 
     return isinstance(exc, (Terminated, SIGTERMException)) or _State.received
+
+
+T = TypeVar("T")
+
+
+def until_sigterm(work: Callable[[], T]) -> T | None:
+    """`work()`, or None when SIGTERM (a pod deletion) ended it: the signal becomes an exception that unwinds the
+    work (temporary files are removed on the way out), and the task then exits EXIT_TERMINATED."""
+    with terminate_on_sigterm():
+        try:
+            return work()
+        except BaseException as exc:
+            if is_termination(exc):
+                return None
+            raise
 
 
 def failed_after_sigterm(exc: BaseException) -> bool:

@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from m2f_spec import parse_task_args, task_results_dir
-from m2f_trainer.engine.signals import EXIT_TERMINATED, is_termination, terminate_on_sigterm
+from m2f_trainer.engine.signals import EXIT_TERMINATED, until_sigterm
 from m2f_trainer.errors import SpecError
 from m2f_trainer.tasks import setup_logging
 from m2f_trainer.tasks.termination import write_termination_summary
@@ -21,13 +21,9 @@ METRICS_FILE = "metrics.json"
 def main(argv: list[str]) -> int:
     cfg, _ = parse_task_args(argv, prog="m2f evaluate")
     setup_logging()
-    with terminate_on_sigterm():
-        try:
-            metrics = evaluate(cfg)
-        except BaseException as exc:
-            if is_termination(exc):
-                return EXIT_TERMINATED
-            raise
+    metrics = until_sigterm(lambda: evaluate(cfg))
+    if metrics is None:
+        return EXIT_TERMINATED
     from m2f_trainer.evaluation.report import format_table
 
     print(format_table(metrics))

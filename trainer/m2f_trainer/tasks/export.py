@@ -7,7 +7,7 @@ import sys
 from pathlib import Path
 
 from m2f_spec import parse_task_args, task_results_dir
-from m2f_trainer.engine.signals import EXIT_TERMINATED, is_termination, terminate_on_sigterm
+from m2f_trainer.engine.signals import EXIT_TERMINATED, until_sigterm
 from m2f_trainer.errors import SpecError, UserError
 from m2f_trainer.tasks import setup_logging
 
@@ -53,16 +53,13 @@ def main(argv: list[str]) -> int:
     wrapper = ExportWrapper(model, mode, settings.input_size, int(cfg.model.test_topk_per_image))
     device = torch.device("cuda" if not spec.on_cpu and torch.cuda.is_available() else "cpu")
     # SIGTERM (pod deletion) becomes an exception, so the temporary ONNX is removed on the way out.
-    with terminate_on_sigterm():
-        try:
-            report = export_onnx(wrapper, settings, device)
-        except ExportError as exc:
-            print(f"error: {exc}", file=sys.stderr)
-            return 1
-        except BaseException as exc:
-            if is_termination(exc):
-                return EXIT_TERMINATED
-            raise
+    try:
+        report = until_sigterm(lambda: export_onnx(wrapper, settings, device))
+    except ExportError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    if report is None:
+        return EXIT_TERMINATED
     print("\n".join(report.lines()))
     print("\n".join(onnx_io_summary(onnx_file)))
     print(f"parity report written to {settings.parity_file}")

@@ -9,7 +9,7 @@ from typing import Any
 import numpy as np
 
 from m2f_spec import parse_task_args, task_results_dir
-from m2f_trainer.engine.signals import EXIT_TERMINATED, is_termination, terminate_on_sigterm
+from m2f_trainer.engine.signals import EXIT_TERMINATED, until_sigterm
 from m2f_trainer.errors import SpecError
 from m2f_trainer.tasks import setup_logging
 from m2f_trainer.tasks.overlay import draw_overlay
@@ -22,13 +22,9 @@ OVERLAY_DIR = "overlays"
 def main(argv: list[str]) -> int:
     cfg, _ = parse_task_args(argv, prog="m2f inference")
     setup_logging()
-    with terminate_on_sigterm():
-        try:
-            out_dir = inference(cfg)
-        except BaseException as exc:
-            if is_termination(exc):
-                return EXIT_TERMINATED
-            raise
+    out_dir = until_sigterm(lambda: inference(cfg))
+    if out_dir is None:
+        return EXIT_TERMINATED
     print(f"inference results in {out_dir}")
     return 0
 

@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from m2f_spec import parse_task_args, task_results_dir
-from m2f_trainer.engine.signals import EXIT_TERMINATED, is_termination, terminate_on_sigterm
+from m2f_trainer.engine.signals import EXIT_TERMINATED, until_sigterm
 from m2f_trainer.errors import SpecError
 from m2f_trainer.tasks import setup_logging
 from m2f_trainer.tasks.termination import write_termination_summary
@@ -30,13 +30,9 @@ def main(argv: list[str]) -> int:
                         "modelopt.onnx (INT8 QDQ ONNX for TensorRT)")
     if spec.device not in ("cpu", "cuda"):
         log.info("quantize.device %s: calibrating on what this machine has", spec.device)
-    with terminate_on_sigterm():
-        try:
-            summary = quantize(cfg)
-        except BaseException as exc:
-            if is_termination(exc):
-                return EXIT_TERMINATED
-            raise
+    summary = until_sigterm(lambda: quantize(cfg))
+    if summary is None:
+        return EXIT_TERMINATED
     write_termination_summary({}, {"quantized_model": summary["quantized_model"]})
     print(f"quantized model: {summary['quantized_model']}")
     return 0
