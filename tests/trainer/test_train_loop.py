@@ -215,16 +215,31 @@ def test_evaluate_and_inference_agree_with_scoring_the_written_predictions(train
 
 @pytest.mark.parametrize("monitor", ["train_loss", "val_loss"])
 def test_best_checkpoint_follows_monitor_name(synth_spec, tmp_path, monitor):
-    """train.optim.monitor_name ranks the epochs: the best file holds the epoch with the lowest value, and the
-    value travels with the latest checkpoint for a resumed run."""
+    """train.optim.monitor_name ranks the epochs: the best file holds the epoch with the lowest value (as
+    metrics.jsonl records them), and the value travels with the latest checkpoint, so a resumed run that trains
+    two more epochs ranks all five."""
     results = tmp_path / "results"
-    assert main(["train", "-e", str(synth_spec), f"results_dir={results}", "train.num_epochs=3",
-                 "train.metrics_port=0", f"train.optim.monitor_name={monitor}"]) == 0
-    best = torch.load(results / "train" / "mask2former_model_best.pth", map_location="cpu", weights_only=False)
-    latest = torch.load(results / "train" / LATEST, map_location="cpu", weights_only=False)
-    state = next(v for k, v in latest["callbacks"].items() if k.startswith("BestCheckpoint"))
-    assert best["epoch"] == state["best_epoch"] and state["best"] > 0
-    assert "optimizer_states" not in best and best["model_config"] == latest["model_config"]
+    args = ["train", "-e", str(synth_spec), f"results_dir={results}", "train.metrics_port=0",
+            f"train.optim.monitor_name={monitor}"]
+    for epochs in (3, 5):
+        assert main([*args, f"train.num_epochs={epochs}"]) == 0
+        records = read_jsonl(results / "train" / "metrics.jsonl")
+        if monitor == "val_loss":
+            per_epoch = {r["epoch"]: r["val/loss"] for r in records if r["event"] == "validation"}
+        else:  # the epoch's mean step loss (every step has one batch of the same size here)
+            steps: dict[int, list[float]] = {}
+            for r in records:
+                if r["event"] == "step":
+                    steps.setdefault(r["epoch"], []).append(r["loss"])
+            per_epoch = {epoch: sum(losses) / len(losses) for epoch, losses in steps.items()}
+        assert sorted(per_epoch) == list(range(epochs))
+        lowest = min(per_epoch, key=per_epoch.get)
+        best = torch.load(results / "train" / "mask2former_model_best.pth", map_location="cpu", weights_only=False)
+        latest = torch.load(results / "train" / LATEST, map_location="cpu", weights_only=False)
+        state = next(v for k, v in latest["callbacks"].items() if k.startswith("BestCheckpoint"))
+        assert best["epoch"] == state["best_epoch"] == lowest, (per_epoch, state)
+        assert abs(state["best"] - per_epoch[lowest]) <= 1e-4 * per_epoch[lowest]
+        assert "optimizer_states" not in best and best["model_config"] == latest["model_config"]
 
 
 def test_inference_on_an_image_folder(trained, synth_spec, tmp_path):
