@@ -115,3 +115,31 @@ def test_bad_quantize_settings_exit_2_naming_the_field(setup, request, capsys, o
     err = capsys.readouterr().err.strip()
     # One error line (log lines of the work done before the problem may precede it), no traceback.
     assert err.splitlines()[-1].startswith("error: ") and field in err.splitlines()[-1] and "Traceback" not in err, err
+
+
+@pytest.mark.parametrize("shape, message", [
+    ([4, 3, 64, 64], "has a fixed batch of 4; export it with export.batch_size -1 (dynamic) or 1"),
+    (["batch", 3, "height", "width"], "has a dynamic image size"),
+])
+def test_models_calibration_cannot_feed_are_refused_in_one_line(tmp_path, shape, message):
+    """Calibration feeds one image of the model's fixed size at a time: a graph that cannot take that is a
+    UserError naming quantize.model_path, before any calibration work."""
+    import onnx
+    from onnx import TensorProto, helper
+
+    from m2f_trainer.errors import UserError
+    from m2f_trainer.export.quantize_onnx import onnx_input
+
+    graph = helper.make_graph([helper.make_node("Relu", ["images"], ["out"])], "g",
+                              [helper.make_tensor_value_info("images", TensorProto.FLOAT, shape)],
+                              [helper.make_tensor_value_info("out", TensorProto.FLOAT, shape)])
+    path = tmp_path / "model.onnx"
+    onnx.save(helper.make_model(graph), str(path))
+    with pytest.raises(UserError, match="quantize.model_path: .*" + message.replace("(", r"\(").replace(")", r"\)")):
+        onnx_input(path)
+    one = tmp_path / "one.onnx"
+    graph.input[0].type.tensor_type.shape.dim[0].dim_value = 1
+    for dim, size in zip(graph.input[0].type.tensor_type.shape.dim[2:], (64, 64), strict=True):
+        dim.dim_value = size
+    onnx.save(helper.make_model(graph), str(one))
+    assert onnx_input(one) == ("images", (64, 64))
