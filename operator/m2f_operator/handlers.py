@@ -262,6 +262,7 @@ async def _safe_reconcile(plural: str, namespace: str, name: str, trigger: str, 
 async def _resync_forever() -> None:
     while True:
         await asyncio.sleep(STATE.config.resync_seconds)
+        await sweep_handlers.resync_once()  # sweeps: a refused create retried, an error after the last trial event
         if STATE.pod_index is None:
             continue
         for plural, namespace, name in _due_for_resync(STATE.pod_index):
@@ -300,4 +301,4 @@ def _register() -> None:
 _register()
 
 # Mask2FormerSweep's handlers live beside their reconcile; importing them registers them with kopf.
-import m2f_operator.sweep.handlers  # noqa: E402,F401
+from m2f_operator.sweep import handlers as sweep_handlers  # noqa: E402

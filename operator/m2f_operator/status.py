@@ -54,7 +54,7 @@ class StatusDraft:
     fields: dict
     now: datetime
     events: list[Event] = field(default_factory=list)
-    # What this draft owns and starts from (a sweep's status has its own fields, see sweep/status.py).
+    # What this draft owns and starts from (a sweep's status has its own: sweep/reconcile.py).
     owned_fields = OWNED_FIELDS
     initial = {"restarts": 0}
 
@@ -64,7 +64,7 @@ class StatusDraft:
         owned.setdefault("phase", PENDING)
         owned.setdefault("conditions", [])
         for key, value in cls.initial.items():
-            owned.setdefault(key, value)
+            owned.setdefault(key, copy.deepcopy(list(value) if isinstance(value, tuple) else value))
         if generation is not None:
             owned["observedGeneration"] = generation
         return cls(owned, now)

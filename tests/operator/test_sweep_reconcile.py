@@ -93,6 +93,13 @@ def test_invalid_search_space_is_invalid_spec_naming_the_parameter_and_starts_no
     ({"algorithm": "grid"}, "algorithm grid needs values or a step for a float range"),
     ({"template": {"experiment": {"train": {"num_epochs": 0}}}}, "spec.template.experiment: train.num_epochs"),
     ({"template": {"experiment": TINY_EXPERIMENT, "nodes": 0}}, "spec.template.nodes"),
+    ({"template": {"experiment": TINY_EXPERIMENT, "ttlSecondsAfterFinished": 0}},
+     "spec.template.ttlSecondsAfterFinished: trials stay until their sweep is deleted"),
+    ({"objective": {"metric": "Pq"}}, "spec.objective.metric: 'Pq' is not a validation metric of model.mode panoptic"),
+    ({"maxTrials": 1000}, "spec.maxTrials: an integer in [1, 999] is required"),
+    ({"algorithm": "grid", "parameters": {"model.mask_former.num_object_queries": {"type": "int", "min": 1,
+                                                                                    "max": 20000}}},
+     "algorithm grid spans 20000 points"),
 ])
 def test_invalid_sweep_settings_name_their_field(spec, message):
     plan, status = run(sweep(**spec))
@@ -162,13 +169,27 @@ def test_the_search_is_fixed_once_trials_exist():
     edited = sweep(status, parallelTrials=1, seed=4)
     edited["metadata"]["generation"] = 2
     plan2, status2 = run(edited, [child(plan.creates[0], st.SUCCEEDED, metrics={"PQ": 0.3})])
-    assert plan2.creates == [] and status2["history"][0]["state"] == "Succeeded"
+    # Neither a new trial nor a result read with the edited search (it would enter the record for good).
+    assert plan2.creates == [] and status2["history"][0]["state"] == "Running"
     changed = next(c for c in status2["conditions"] if c["type"] == "SearchChanged")
     assert changed["status"] == "True" and any(e.reason == "SearchChanged" for e in plan2.events)
     # Reverted: the sweep goes on.
     plan3, status3 = run(sweep(status2, parallelTrials=1), [child(plan.creates[0], st.SUCCEEDED, metrics={"PQ": 0.3})])
+    assert status3["history"][0]["state"] == "Succeeded" and status3["history"][0]["value"] == 0.3
     assert [m["metadata"]["name"] for m in plan3.creates] == ["hp-001"]
     assert next(c for c in status3["conditions"] if c["type"] == "SearchChanged")["status"] == "False"
+
+
+def test_suspend_starts_no_trial_but_follows_the_running_ones():
+    plan, status = run(sweep(parallelTrials=1))
+    first = plan.creates[0]
+    plan, status = run(sweep(status, parallelTrials=1, suspend=True), [child(first, validation=(1, 0.2))])
+    assert plan.creates == [] and status["phase"] == st.RUNNING and status["history"][0]["intermediate"] == [[1, 0.2]]
+    plan, status = run(sweep(status, parallelTrials=1, suspend=True), [child(first, st.SUCCEEDED, metrics={"PQ": 0.3})])
+    assert plan.creates == [] and status["phase"] == st.SUSPENDED and status["history"][0]["state"] == "Succeeded"
+    assert next(c for c in status["conditions"] if c["type"] == "Ready")["status"] == "True"
+    plan, status = run(sweep(status, parallelTrials=1), [child(first, st.SUCCEEDED, metrics={"PQ": 0.3})])
+    assert [m["metadata"]["name"] for m in plan.creates] == ["hp-001"] and status["phase"] == st.RUNNING
 
 
 def _objective(parameters: dict, epoch: int) -> float:
@@ -243,3 +264,41 @@ def test_the_example_sweep_conforms_to_its_crd_and_its_trials_to_the_train_crd(r
         for stage in build_stages(trial):
             for pod in build_gang(trial, stage, attempt=0):
                 kubernetes_validate.validate(pod, "1.30", strict=True)
+
+
+@pytest.mark.parametrize("retry", [True, False])
+def test_a_refused_trial_is_asked_again_or_recorded_failed(retry):
+    """A create refused for a while (a quota, garbage collection) leaves no trace: the resync asks again. One the
+    API refuses for what it is (422) would be refused again: it is a failed trial."""
+    from m2f_operator.policies.creation import CreateBlocked
+    from m2f_operator.sweep.handlers import _apply
+
+    class Refusing:
+        def __init__(self):
+            self.created, self.patched, self.deleted, self.events = [], [], [], []
+
+        def create(self, manifest):
+            if manifest["metadata"]["name"] == "hp-001":
+                return CreateBlocked("Mask2FormerTrain", "hp-001", "FailedCreate", "refused: test", retry=retry)
+            self.created.append(manifest["metadata"]["name"])
+            return "created"
+
+        def patch_status(self, plural, namespace, name, patch):
+            self.patched.append(patch)
+
+        def delete_resource(self, plural, namespace, name):
+            self.deleted.append(name)
+
+        def post_event(self, body, event):
+            self.events.append((event.type, event.reason))
+
+    body = sweep()
+    cluster = Refusing()
+    _apply(cluster, body, reconcile_sweep(SweepObserved(body, [], NOW)))
+    (patch,) = cluster.patched
+    assert cluster.created == ["hp-000"] and ("Warning", "FailedCreate") in cluster.events
+    if retry:
+        assert [r["name"] for r in patch["history"]] == ["hp-000"] and patch["trials"]["total"] == 1
+    else:
+        assert [(r["name"], r["state"]) for r in patch["history"]] == [("hp-000", "Running"), ("hp-001", "Failed")]
+        assert patch["history"][1]["reason"] == "FailedCreate" and patch["trials"]["failed"] == 1

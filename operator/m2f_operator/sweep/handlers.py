@@ -1,5 +1,8 @@
-"""Thin kopf handlers for Mask2FormerSweep: its spec changes and every event of its trials funnel into one
-reconcile per sweep (the trials' status changes carry the progress and results it records)."""
+"""Thin kopf handlers for Mask2FormerSweep: spec changes, trial events and a resync funnel into one reconcile.
+
+The trials' status changes carry the progress and results the sweep records; the resync retries what no event
+will (a create refused for a while, a reconcile that failed on an API error after the last trial's event).
+"""
 
 from __future__ import annotations
 
@@ -14,6 +17,7 @@ from m2f_operator.builders import meta
 from m2f_operator.client import Cluster
 from m2f_operator.policies import creation
 from m2f_operator.policies.creation import CreateBlocked
+from m2f_operator.status import TERMINAL_PHASES, Event
 from m2f_operator.sweep.reconcile import SweepObserved, SweepPlan, reconcile_sweep
 from m2f_spec.sweep import study
 
@@ -21,6 +25,7 @@ log = logging.getLogger("m2f_operator.sweep")
 SWEEP = meta.SWEEP
 TRAINS = meta.KINDS["Mask2FormerTrain"].plural
 _locks: dict[tuple[str, str], asyncio.Lock] = {}
+_active: set[tuple[str, str]] = set()  # sweeps not yet finished: the resync's list
 
 
 def _cluster() -> Cluster:
@@ -57,11 +62,15 @@ def _apply(cluster: Cluster, body: dict, plan: SweepPlan) -> SweepPlan:
     for manifest in plan.creates:
         outcome = cluster.create(manifest)
         if isinstance(outcome, CreateBlocked):
-            # The status must not claim a trial that does not exist: this one and later ones are asked again.
             number = int(manifest["metadata"]["labels"][meta.LABEL_TRIAL])
             log.warning("Mask2FormerSweep %s/%s: %s", namespace, name, outcome.message)
-            _forget_trials_from(plan, number)
-            plan.events.append(_warning("FailedCreate", outcome.message))
+            plan.events.append(Event("Warning", "FailedCreate", outcome.message))
+            if outcome.retry:
+                # The status must not claim a trial that does not exist: it and later ones are asked again (resync).
+                _forget_trials_from(plan, number)
+            else:
+                # Refused for what it is (422): the same suggestion would be refused again; it is a failed trial.
+                _fail_trial(plan, number, outcome.message)
             break
     if plan.status_patch:
         cluster.patch_status(SWEEP.plural, namespace, name, plan.status_patch)
@@ -78,20 +87,25 @@ def _apply(cluster: Cluster, body: dict, plan: SweepPlan) -> SweepPlan:
 
 def _forget_trials_from(plan: SweepPlan, number: int) -> None:
     history = plan.status_patch.get("history")
+    if history is not None:
+        _set_history(plan, [record for record in history if record["number"] < number])
+
+
+def _fail_trial(plan: SweepPlan, number: int, message: str) -> None:
+    history = plan.status_patch.get("history")
     if history is None:
         return
-    kept = [record for record in history if record["number"] < number]
-    plan.status_patch["history"] = kept
+    kept = [record for record in history if record["number"] <= number]
+    kept[-1] = {**kept[-1], "state": study.FAILED, "reason": "FailedCreate", "message": message}
+    _set_history(plan, kept)
+
+
+def _set_history(plan: SweepPlan, history: list[dict]) -> None:
+    plan.status_patch["history"] = history
     trials = dict(plan.status_patch.get("trials") or {})
-    trials["total"] = len(kept)
-    trials["running"] = sum(1 for record in kept if record["state"] == study.RUNNING)
+    trials.update(total=len(history), running=sum(1 for r in history if r["state"] == study.RUNNING),
+                  failed=sum(1 for r in history if r["state"] in (study.FAILED, study.STOPPED)))
     plan.status_patch["trials"] = trials
-
-
-def _warning(reason: str, message: str):
-    from m2f_operator.status import Event
-
-    return Event("Warning", reason, message)
 
 
 async def on_sweep(namespace: str, name: str, reason: str, **_) -> None:
@@ -112,8 +126,23 @@ async def on_trial_event(namespace: str, labels: kopf.Labels, type: str | None, 
         log.warning("reconcile of sweep %s/%s after a trial event failed: %s", namespace, sweep, exc)
 
 
-async def on_sweep_deleted(namespace: str, name: str, **_) -> None:
-    _locks.pop((namespace, name), None)
+async def on_sweep_event(namespace: str, name: str, type: str | None, body: kopf.Body, **_) -> None:
+    """Bookkeeping for the resync: which sweeps are not finished."""
+    if type == "DELETED" or (body.get("status") or {}).get("phase") in TERMINAL_PHASES:
+        _active.discard((namespace, name))
+        if type == "DELETED":
+            _locks.pop((namespace, name), None)
+    else:
+        _active.add((namespace, name))
+
+
+async def resync_once() -> None:
+    """Every unfinished sweep once (called by the operator's resync loop)."""
+    for namespace, name in sorted(_active):
+        try:
+            await reconcile_sweep_resource(namespace, name, "resync")
+        except Exception as exc:  # logged; the next resync retries
+            log.warning("resync of sweep %s/%s failed: %s", namespace, name, exc)
 
 
 def _register() -> None:
@@ -122,8 +151,7 @@ def _register() -> None:
     kopf.on.create(*resource, id="sweep-create", **retry)(on_sweep)
     kopf.on.resume(*resource, id="sweep-resume", **retry)(on_sweep)
     kopf.on.update(*resource, field="spec", id="sweep-update", **retry)(on_sweep)
-    kopf.on.event(*resource, id="sweep-event",
-                  when=lambda type, **_: type == "DELETED")(on_sweep_deleted)
+    kopf.on.event(*resource, id="sweep-event")(on_sweep_event)
     kopf.on.event(meta.GROUP, meta.VERSION, TRAINS, id="sweep-trial-event",
                   labels={meta.LABEL_SWEEP: kopf.PRESENT})(on_trial_event)
 

@@ -1,9 +1,8 @@
-"""One sweep reconcile, as a pure function: read the trials, record what they did, stop the hopeless ones,
-start the next ones, derive the status (written once, after the children).
+"""One sweep reconcile as a pure function: record what the trials did, stop the hopeless, start the next.
 
-The status's `history` is the durable record of the search: every trial's parameters, state, intermediate
-values, objective value and prune reason. The Optuna study is rebuilt from it (m2f_spec.sweep.study), so an
-operator restart loses, duplicates and re-runs nothing.
+The status is written once, after the creates and before the deletes. Its `history` is the durable record of
+the search (every trial's parameters, state, intermediate values, objective value and prune reason); the Optuna
+study is rebuilt from it (m2f_spec.sweep.study), so an operator restart loses, duplicates and re-runs nothing.
 """
 
 from __future__ import annotations
@@ -32,7 +31,7 @@ OWNED_FIELDS = ("phase", "message", "conditions", "observedGeneration", "startTi
 
 class SweepStatusDraft(st.StatusDraft):
     owned_fields = OWNED_FIELDS
-    initial = {"history": []}
+    initial = {"history": ()}  # immutable: start() copies it into each draft
 
 
 @dataclass
@@ -69,6 +68,9 @@ def sweep_error(body: dict) -> tuple[SweepSettings | None, str | None]:
         return None, "spec.template.experiment: required (the trials' experiment spec)"
     if template.get("suspend"):
         return None, "spec.template.suspend: trials cannot start suspended"
+    if template.get("ttlSecondsAfterFinished") is not None:
+        return None, ("spec.template.ttlSecondsAfterFinished: trials stay until their sweep is deleted (the sweep "
+                      "reads their results; a trial deleted early would count as failed)")
     probe = {"apiVersion": meta.API_VERSION, "kind": "Mask2FormerTrain",
              "metadata": {"name": trial_name(body, 0), "namespace": body["metadata"].get("namespace", "")},
              "spec": template}
@@ -76,7 +78,8 @@ def sweep_error(body: dict) -> tuple[SweepSettings | None, str | None]:
     if error:
         return None, "spec.template." + error.removeprefix("spec.")
     try:
-        return settings_from({k: v for k, v in spec.items() if k != "template"}, template["experiment"]), None
+        search = {k: v for k, v in spec.items() if k not in ("template", "suspend")}
+        return settings_from(search, template["experiment"]), None
     except SpecError as exc:
         return None, str(exc)
 
@@ -116,7 +119,9 @@ def reconcile_sweep(observed: SweepObserved) -> SweepPlan:
     history = _adopt(history, children)
     plan.deletes = _stopped_but_present(history, children)
     for record in history:
-        if record["state"] == study.RUNNING:
+        # An edited search leaves the trials unread: their results are recorded with the search they ran under,
+        # once the edit is reverted.
+        if record["state"] == study.RUNNING and not changed:
             _observe(record, children.get(record["number"]), settings, history, plan, draft, now)
 
     # 3. Too many failures end the sweep; otherwise start what the budget and the slots allow.
@@ -242,10 +247,13 @@ def _derive(draft: SweepStatusDraft, history: list[dict], settings: SweepSetting
         else:
             draft.transition(st.SUCCEEDED, "SweepSucceeded",
                              f"{len(history)} trials; best {top['name']}: {settings.metric} {top['value']:.4g}")
-    elif counts[study.RUNNING]:
+    elif counts[study.RUNNING] or not (body.get("spec") or {}).get("suspend"):
         best_text = f"; best {top['name']}: {settings.metric} {top['value']:.4g}" if top else ""
         draft.transition(st.RUNNING, "TrialsRunning",
                          f"{counts[study.RUNNING]} running, {len(history)}/{settings.trial_budget} started{best_text}")
+    else:
+        draft.transition(st.SUSPENDED, "Suspended", f"spec.suspend is true: {len(history)}/{settings.trial_budget} "
+                                                    "trials started, none running")
     draft.set_kstatus(body["metadata"].get("generation"))
 
 

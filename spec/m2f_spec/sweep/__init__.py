@@ -1,2 +1,4 @@
-"""Hyperparameter sweeps shared by the operator (Mask2FormerSweep) and `m2f sweep`: search spaces, settings and
-the Optuna search (extra `mask2former-spec[sweep]`; the space and settings import without Optuna)."""
+"""Hyperparameter sweeps shared by the operator (Mask2FormerSweep) and `m2f sweep`.
+
+Search spaces and settings import without Optuna; the search itself (study.py) needs the `sweep` extra.
+"""

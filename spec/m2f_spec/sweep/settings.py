@@ -9,7 +9,7 @@ from typing import Any
 
 from m2f_spec.errors import SpecError
 from m2f_spec.loader import config_from_dict
-from m2f_spec.sweep.space import CATEGORICAL, Parameter, parameters_from_automl, parse_parameters
+from m2f_spec.sweep.space import CATEGORICAL, Parameter, grid_space, parameters_from_automl, parse_parameters
 
 ALGORITHMS = ("tpe", "random", "grid", "cmaes")
 EARLY_STOPPING = ("none", "median", "hyperband")
@@ -17,7 +17,15 @@ GOALS = ("maximize", "minimize")
 # TAO AutoML's algorithm names -> ours (TAO's Hyperband samples at random and stops by rungs).
 AUTOML_ALGORITHMS = {"bayesian": ("tpe", "none"), "hyperband": ("random", "hyperband")}
 DEFAULTS = {"maxTrials": 12, "parallelTrials": 1, "maxFailedTrials": 3, "seed": 0}
-_KEYS = {"template", "parameters", "objective", "algorithm", "algorithmSettings", "earlyStopping", "maxTrials",
+MAX_TRIALS = 999  # trials are named <sweep>-NNN; the status's history stays far below etcd's object limit
+MAX_GRID_POINTS = 10_000
+# What the trainer's validation reports per task (m2f_trainer.evaluation.report), and `loss` with val_loss.
+VALIDATION_METRICS = {
+    "panoptic": ("PQ", "SQ", "RQ", "PQ_th", "SQ_th", "RQ_th", "PQ_st", "SQ_st", "RQ_st"),
+    "instance": ("AP", "AP50", "AP75", "APs", "APm", "APl"),
+    "semantic": ("mIoU", "fwIoU", "mACC", "pACC"),
+}
+_KEYS = {"parameters", "objective", "algorithm", "algorithmSettings", "earlyStopping", "maxTrials",
          "parallelTrials", "maxFailedTrials", "seed", "automl_hyperparameters", "automl_range_override",
          "automl_algorithm", "automl_max_recommendations"}
 
@@ -45,24 +53,31 @@ class SweepSettings:
     seed: int = DEFAULTS["seed"]
     max_epochs: int = 10
 
+    grid_points: int | None = None  # algorithm grid: how many points the space has
+
     @property
     def trial_budget(self) -> int:
         """maxTrials, or fewer when a grid has fewer points."""
-        if self.algorithm != "grid":
-            return self.max_trials
-        from m2f_spec.sweep.study import grid_space
-
-        points = math.prod(len(values) for values in grid_space(self.parameters).values())
-        return min(self.max_trials, points)
+        return self.max_trials if self.grid_points is None else min(self.max_trials, self.grid_points)
 
 
-def _int(raw: Mapping, key: str, where: str, minimum: int, default: int | None = None) -> int | None:
+def _int(raw: Mapping, key: str, where: str, minimum: int, default: int | None = None,
+         maximum: int | None = None) -> int | None:
     value = raw.get(key, default)
     if value is None:
         return None
-    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-        raise SpecError(f"{where}.{key}: an integer >= {minimum} is required, got {value!r}")
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum or (maximum and value > maximum):
+        bounds = f">= {minimum}" if maximum is None else f"in [{minimum}, {maximum}]"
+        raise SpecError(f"{where}.{key}: an integer {bounds} is required, got {value!r}")
     return value
+
+
+def _grid_points(parameters: tuple[Parameter, ...], where: str) -> int:
+    points = math.prod(len(values) for values in grid_space(parameters, where).values())
+    if points > MAX_GRID_POINTS:
+        raise SpecError(f"{where}.parameters: algorithm grid spans {points} points, more than {MAX_GRID_POINTS}; "
+                        "use fewer values or a larger step")
+    return points
 
 
 def _choice(raw: Mapping, key: str, where: str, choices: tuple[str, ...], default: str) -> str:
@@ -99,9 +114,12 @@ def settings_from(raw: Mapping[str, Any], experiment: Mapping[str, Any], where: 
     objective = raw.get("objective") or {}
     if not isinstance(objective, Mapping):
         raise SpecError(f"{where}.objective: {{metric, goal}} is required")
-    metric = objective.get("metric", _headline(experiment_cfg))
-    if not isinstance(metric, str) or not metric.strip():
-        raise SpecError(f"{where}.objective.metric: a validation metric name (PQ, mIoU, AP, ...) is required")
+    mode = str(experiment_cfg.model.mode).lower()
+    metric = objective.get("metric", VALIDATION_METRICS.get(mode, ("PQ",))[0])
+    known = (*VALIDATION_METRICS.get(mode, ()), "loss")
+    if metric not in known:
+        raise SpecError(f"{where}.objective.metric: {metric!r} is not a validation metric of model.mode {mode}; "
+                        f"choose from {', '.join(known)}")
     goal = _choice(objective, "goal", f"{where}.objective", GOALS, "minimize" if metric.endswith("loss") else "maximize")
     if metric == "loss" and experiment_cfg.train.optim.monitor_name != "val_loss":
         raise SpecError(f"{where}.objective.metric: loss (the validation loss) is computed only with "
@@ -135,23 +153,18 @@ def settings_from(raw: Mapping[str, Any], experiment: Mapping[str, Any], where: 
                         f"train.num_epochs {experiment_cfg.train.num_epochs}")
 
     settings = SweepSettings(
-        parameters=parameters, metric=metric.strip(), goal=goal, algorithm=algorithm,
+        parameters=parameters, metric=metric, goal=goal, algorithm=algorithm,
         sampler_startup_trials=sampler_startup, early_stopping=stopping,
-        max_trials=_int(raw, "maxTrials", where, 1, DEFAULTS["maxTrials"]),
+        max_trials=_int(raw, "maxTrials", where, 1, DEFAULTS["maxTrials"], MAX_TRIALS),
         parallel=_int(raw, "parallelTrials", where, 1, DEFAULTS["parallelTrials"]),
         max_failed=_int(raw, "maxFailedTrials", where, 0, DEFAULTS["maxFailedTrials"]),
         seed=_int(raw, "seed", where, 0, DEFAULTS["seed"]),
         max_epochs=experiment_cfg.train.num_epochs,
+        grid_points=_grid_points(parameters, where) if algorithm == "grid" else None,
     )
-    if algorithm == "grid":
-        settings.trial_budget  # noqa: B018  (raises SpecError for a float range without a step)
     if algorithm == "cmaes" and all(p.type == CATEGORICAL for p in parameters):
         raise SpecError(f"{where}.algorithm: cmaes searches numeric ranges; every parameter here is categorical "
                         "(use tpe, random or grid)")
     return settings
 
 
-def _headline(cfg: Any) -> str:
-    """The task's headline metric, as the trainer's validation reports it."""
-    mode = str(getattr(cfg.model, "mode", "panoptic")).lower()
-    return {"instance": "AP", "semantic": "mIoU"}.get(mode, "PQ")

@@ -209,6 +209,23 @@ def _type_name(tp: Any) -> str:
     return {bool: "a boolean", str: "a string"}.get(tp, getattr(tp, "__name__", str(tp)))
 
 
+def grid_space(parameters: list[Parameter] | tuple[Parameter, ...], where: str = "parameters") -> dict[str, list[Any]]:
+    """Every value of each parameter for algorithm grid (categorical values are JSON text when not scalars)."""
+    space = {}
+    for p in parameters:
+        if p.type == CATEGORICAL:
+            space[p.path] = [json.dumps(v) if isinstance(v, (list, dict)) else v for v in p.values]
+        elif p.step is not None or p.type == INT:
+            step = p.step or 1
+            count = int(math.floor((p.high - p.low) / step + 1e-9)) + 1
+            if count > 1_000_000:
+                raise SpecError(f"{where}[{p.path}]: {count} grid values; use a larger step")
+            space[p.path] = [round(p.low + i * step, 12) for i in range(count)]
+        else:
+            raise SpecError(f"{where}[{p.path}]: algorithm grid needs values or a step for a float range")
+    return space
+
+
 # -- TAO AutoML-style input -------------------------------------------------------------------------------
 
 

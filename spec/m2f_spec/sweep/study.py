@@ -14,16 +14,14 @@ from __future__ import annotations
 
 import json
 import logging
-import math
 import statistics
 from collections.abc import Mapping, Sequence
 from typing import Any
 
 import optuna
 
-from m2f_spec.errors import SpecError
 from m2f_spec.sweep.settings import SweepSettings
-from m2f_spec.sweep.space import CATEGORICAL, FLOAT, INT, Parameter
+from m2f_spec.sweep.space import CATEGORICAL, FLOAT, INT, Parameter, grid_space
 
 log = logging.getLogger(__name__)
 optuna.logging.set_verbosity(optuna.logging.WARNING)
@@ -103,20 +101,6 @@ def sampler(settings: SweepSettings) -> optuna.samplers.BaseSampler:
     return optuna.samplers.TPESampler(seed=seed, **({"n_startup_trials": startup} if startup else {}))
 
 
-def grid_space(parameters: Sequence[Parameter]) -> dict[str, list[Any]]:
-    space = {}
-    for p in parameters:
-        if p.type == CATEGORICAL:
-            space[p.path] = [_encode(v) for v in p.values]
-        elif p.step is not None or p.type == INT:
-            step = p.step or 1
-            count = int(math.floor((p.high - p.low) / step + 1e-9)) + 1
-            space[p.path] = [round(p.low + i * step, 12) for i in range(count)]
-        else:
-            raise SpecError(f"parameters[{p.path}]: algorithm grid needs values or a step for a float range")
-    return space
-
-
 def suggest(settings: SweepSettings, records: Sequence[Mapping]) -> dict[str, Any]:
     """The parameters of trial len(records) (call only when can_start)."""
     number = len(records)
@@ -192,6 +176,10 @@ def prune_reason(settings: SweepSettings, records: Sequence[Mapping], record: Ma
             trial.report(float(value), int(step))
             trial.should_prune()  # the pruner's own bookkeeping (Hyperband's rungs) of the past trial
         _finish(study, trial, past)
+    # Placeholders up to its own number: Hyperband assigns brackets by trial number, and the judged trial must
+    # sit in the bracket it is later replayed in as a past trial.
+    for _ in range(len(seen), int(record["number"])):
+        study.add_trial(optuna.trial.create_trial(state=optuna.trial.TrialState.FAIL))
     trial = study.ask()
     prune = False
     for step, value in intermediate:

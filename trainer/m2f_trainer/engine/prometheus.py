@@ -69,6 +69,8 @@ class TrainingExporter:
     def update_validation(self, name: str, value: float, metrics: dict[str, float] | None = None,
                           epoch: int | None = None) -> None:
         self.last_metric.labels(name=name).set(value)
+        if metrics is not None:
+            self.validation_values.clear()  # a metric this validation lacks must not keep an older value
         for key, number in (metrics or {}).items():
             self.validation_values.labels(name=key).set(number)
         if epoch is not None:

@@ -12,6 +12,7 @@ lets an interrupted sweep continue where it stopped.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import os
@@ -31,6 +32,7 @@ from m2f_trainer.tasks import setup_logging
 log = logging.getLogger("m2f_trainer.sweep")
 POLL_S = 0.5
 SEARCH_KEYS = ("parameters", "objective", "algorithm", "algorithmSettings", "earlyStopping", "seed")
+RESUME_KEYS = (*SEARCH_KEYS, "experimentDigest")  # a continued sweep must search the same way over the same spec
 
 
 def main(argv: list[str]) -> int:
@@ -68,7 +70,10 @@ def run(argv: list[str]) -> int:
     sweep_dir = task_results_dir(cfg, "sweep")
     sweep_dir.mkdir(parents=True, exist_ok=True)
     record_file = sweep_dir / "sweep.json"
+    experiment = json.dumps({k: v for k, v in spec_to_dict(cfg).items() if k != "results_dir"}, sort_keys=True,
+                            default=str)
     spec = {"experimentSpec": str(Path(ns.experiment_spec_file).resolve()), "overrides": list(ns.overrides),
+            "experimentDigest": hashlib.sha256(experiment.encode()).hexdigest()[:16],
             **{k: v for k, v in space.items() if k in SEARCH_KEYS or k in ("maxTrials", "parallelTrials",
                                                                             "maxFailedTrials")},
             "parameters": {p.path: p.to_dict() for p in settings.parameters},
@@ -106,8 +111,8 @@ def _resume(record_file: Path, spec: dict) -> list[dict]:
     if not record_file.is_file():
         return []
     previous = json.loads(record_file.read_text(encoding="utf-8"))
-    if {k: previous["spec"].get(k) for k in SEARCH_KEYS} != {k: spec.get(k) for k in SEARCH_KEYS}:
-        raise UserError(f"{record_file} records another search; give another results_dir or remove it")
+    if {k: previous["spec"].get(k) for k in RESUME_KEYS} != {k: spec.get(k) for k in RESUME_KEYS}:
+        raise UserError(f"{record_file} records another search or experiment; give another results_dir or remove it")
     history = previous["status"].get("history") or []
     if history:
         log.info("sweep: continuing from %s (%d trials recorded)", record_file, len(history))
@@ -153,10 +158,16 @@ def _run_trial(record: dict, history: list[dict], settings, cfg, ns, sweep_dir: 
                 value = metrics.get(settings.metric)
                 if isinstance(value, (int, float)) and epoch not in {e for e, _ in record["intermediate"]}:
                     record["intermediate"].append([epoch, float(value)])
-                    pruned = pruned or study.prune_reason(settings, history, record)
+                    # Judged while it trains, as on a cluster: a trial that already finished is a result.
+                    if not exited:
+                        pruned = pruned or study.prune_reason(settings, history, record)
             if pruned and not exited:
                 process.send_signal(signal.SIGTERM)  # the trainer saves a checkpoint and exits 143
-                process.wait()
+                try:
+                    process.wait(timeout=300)
+                except subprocess.TimeoutExpired:
+                    process.kill()
+                    process.wait()
                 exited = True
             if exited:
                 break
@@ -246,16 +257,18 @@ def _kubectl_get(name: str, namespace: str | None, kubeconfig: str | None) -> di
     except FileNotFoundError:
         raise UserError("kubectl is not installed; dump the sweep elsewhere and use -f FILE") from None
     if result.returncode != 0:
-        raise UserError(f"kubectl get m2fsweep {name}: {result.stderr.strip().splitlines()[-1:] or ['failed']}")
+        lines = result.stderr.strip().splitlines()
+        raise UserError(f"kubectl get m2fsweep {name}: {lines[-1] if lines else 'failed'}")
     return json.loads(result.stdout)
 
 
 def _print_report(spec: dict, history: list[dict], metric: str, png: Path, phase: str) -> int:
     from m2f_trainer.tasks.sweep_report import trials_table, write_png
 
+    objective = spec.get("objective") or {}
+    goal = objective.get("goal") or ("minimize" if str(metric).endswith("loss") else "maximize")
     best = min((r for r in history if r.get("state") == "Succeeded" and r.get("value") is not None),
-               key=lambda r: (-r["value"] if (spec.get("objective") or {}).get("goal", "maximize") == "maximize"
-                              else r["value"], r["number"]), default=None)
+               key=lambda r: (-r["value"] if goal == "maximize" else r["value"], r["number"]), default=None)
     print(trials_table(history, metric, best["name"] if best else None))
     if best is not None:
         print(f"best: {best['name']} {metric}={best['value']:.4g} "

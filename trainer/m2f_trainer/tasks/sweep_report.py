@@ -1,5 +1,8 @@
-"""A sweep's trials as a table and one PNG (objective per trial with the best so far, the learning curves that
-early stopping judged, parameter importance), drawn with Optuna's matplotlib visualisation."""
+"""A sweep's trials as a table and one PNG of Optuna's matplotlib plots.
+
+The PNG shows the objective per trial with the best so far, the learning curves early stopping judged, and
+parameter importance.
+"""
 
 from __future__ import annotations
 
