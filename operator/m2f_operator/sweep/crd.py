@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from m2f_spec.sweep.settings import ALGORITHMS, DEFAULTS, EARLY_STOPPING, GOALS
+from m2f_spec.sweep.settings import ALGORITHMS, DEFAULTS, EARLY_STOPPING, GOALS, MAX_TRIALS
 from m2f_spec.sweep.space import MAX_PARAMETERS, TYPES
 
 _OBJECT = {"type": "object", "x-kubernetes-preserve-unknown-fields": True}
@@ -66,7 +66,8 @@ def spec_schema(train_spec_schema: dict) -> dict:
                 "minEpochs": {"type": "integer", "minimum": 1, "description": "hyperband: the first rung."},
                 "reductionFactor": {"type": "integer", "minimum": 2, "description": "hyperband: 1/n go on."},
             }}, "Stops hopeless trials from their per-validation objective (default none)."),
-            "maxTrials": _describe({"type": "integer", "minimum": 1}, f"Trials in all (default {DEFAULTS['maxTrials']})."),
+            "maxTrials": _describe({"type": "integer", "minimum": 1, "maximum": MAX_TRIALS},
+                                   f"Trials in all (default {DEFAULTS['maxTrials']})."),
             "parallelTrials": _describe({"type": "integer", "minimum": 1},
                                         f"Trials running at once (default {DEFAULTS['parallelTrials']})."),
             "maxFailedTrials": _describe({"type": "integer", "minimum": 0},
