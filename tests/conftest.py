@@ -37,6 +37,18 @@ def pytest_collection_modifyitems(config, items):
             from _pytest.nodeid import coerce_node_id
 
             item._id = coerce_node_id(tagged)
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        items.sort(key=_expected_minutes, reverse=True)
+
+
+def _expected_minutes(item) -> float:
+    """Longest first: xdist queues the groups (largest first), then single tests in collection order; a
+    15-minute test that came last in that order ran alone at the end of the suite while the other worker idled.
+    `@pytest.mark.slow(minutes=N)` names the few long ones; the sort is stable, so a group keeps its order."""
+    slow = item.get_closest_marker("slow")
+    if slow is None:
+        return 0.0
+    return float(slow.kwargs.get("minutes", 0.5))
 
 
 @pytest.fixture(autouse=True)

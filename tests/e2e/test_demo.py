@@ -12,7 +12,7 @@ import pytest
 from e2e_helpers import KUBECTL
 from PIL import Image
 
-pytestmark = [pytest.mark.e2e, pytest.mark.slow, pytest.mark.timeout(900)]
+pytestmark = [pytest.mark.e2e, pytest.mark.slow(minutes=3), pytest.mark.timeout(900)]
 
 
 def test_make_demo_trains_exports_predicts_and_draws(tmp_path):

@@ -88,7 +88,7 @@ def test_dev_up_status_down_round_trip(tmp_path, capsys, control_plane):
             # The CRDs for servers without CEL apply with plain `kubectl apply` (1.33's client-side validation
             # refuses x-kubernetes-validations on 1.20; a null in an enum broke the server's conversion).
             applied = _kubectl(kubeconfig, "apply", "-f", str(REPO / "crds" / "pre-1.25")).stdout
-            assert applied.count("customresourcedefinition.apiextensions.k8s.io/") == 4, applied
+            assert applied.count("customresourcedefinition.apiextensions.k8s.io/") == len(CRDS), applied
             _gpu_hungry_train_stays_pending_with_the_schedulers_message(kubeconfig, tmp_path)
 
         assert m2f(["dev", "status", "--data-dir", str(data_dir)]) == 0
