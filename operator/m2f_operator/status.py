@@ -105,15 +105,16 @@ class StatusDraft:
         if phase in TERMINAL_PHASES and not self.fields.get("completionTime"):
             self.fields["completionTime"] = format_time(self.now)
 
-    def set_kstatus(self, generation: int | None, retrying: bool = False) -> None:
+    def set_kstatus(self, generation: int | None, retrying: bool = False, waiting_for_a_person: bool = False) -> None:
         """The kstatus conventions GitOps tools read (Flux health checks, `kstatus`, cli-utils): `Reconciling`
         while the job is on its way, `Stalled` when it cannot go on without a person, `Ready` once it is where it
-        was asked to be (finished, or suspended), each with the generation it describes."""
+        was asked to be (finished, or suspended), each with the generation it describes. `waiting_for_a_person`:
+        stalled in a phase that is not a failure (a sweep whose search was edited, with no trial left running)."""
         phase = self.phase
         condition = self.condition(phase) or {}
         reason, message = condition.get("reason") or phase, self.fields.get("message") or condition.get("message", "")
         # A refused create the operator retries by itself (quota, a missing ServiceAccount) is still on its way.
-        stalled = phase in STALLED_PHASES and not (phase == FAILED_CREATE and retrying)
+        stalled = (phase in STALLED_PHASES and not (phase == FAILED_CREATE and retrying)) or waiting_for_a_person
         states = {
             READY: phase in (SUCCEEDED, SUSPENDED),
             RECONCILING: phase not in (SUCCEEDED, SUSPENDED) and not stalled,

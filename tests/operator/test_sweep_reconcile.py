@@ -173,6 +173,12 @@ def test_the_search_is_fixed_once_trials_exist():
     assert plan2.creates == [] and status2["history"][0]["state"] == "Running"
     changed = next(c for c in status2["conditions"] if c["type"] == "SearchChanged")
     assert changed["status"] == "True" and any(e.reason == "SearchChanged" for e in plan2.events)
+    # Nothing trains any more: the sweep waits for a person, and says so to GitOps tools.
+    assert status2["phase"] == st.RUNNING and "revert the edit" in status2["message"]
+    assert {c["type"]: c["status"] for c in status2["conditions"]}["Stalled"] == "True"
+    _, still_training = run(edited, [child(plan.creates[0], validation=(1, 0.2))])
+    assert {c["type"]: c["status"] for c in still_training["conditions"]}["Stalled"] == "False"
+    assert "1 training" in still_training["message"]
     # Reverted: the sweep goes on.
     plan3, status3 = run(sweep(status2, parallelTrials=1), [child(plan.creates[0], st.SUCCEEDED, metrics={"PQ": 0.3})])
     assert status3["history"][0]["state"] == "Succeeded" and status3["history"][0]["value"] == 0.3

@@ -144,7 +144,10 @@ def reconcile_sweep(observed: SweepObserved) -> SweepPlan:
 
     # 4. The status.
     draft.fields["history"] = history
-    _derive(draft, history, settings, failed, body)
+    # With an edited search the records are not updated, so the trials still training are counted from the children.
+    training = sum(1 for r in history if r["state"] == study.RUNNING and r["number"] in children
+                   and (children[r["number"]].get("status") or {}).get("phase") not in st.TERMINAL_PHASES)
+    _derive(draft, history, settings, failed, body, training if changed else None)
     return _finish(plan, draft, status)
 
 
@@ -225,7 +228,8 @@ def _end(record: dict, state: str, reason: str, message: str, now: datetime) -> 
     record.update(state=state, reason=reason, message=message, completionTime=format_time(now))
 
 
-def _derive(draft: SweepStatusDraft, history: list[dict], settings: SweepSettings, failed: int, body: dict) -> None:
+def _derive(draft: SweepStatusDraft, history: list[dict], settings: SweepSettings, failed: int, body: dict,
+            training_under_an_edited_search: int | None) -> None:
     counts = {state: sum(1 for r in history if r["state"] == state)
               for state in (study.RUNNING, study.SUCCEEDED, study.PRUNED, study.FAILED)}
     draft.fields["trials"] = {"total": len(history), "running": counts[study.RUNNING],
@@ -247,6 +251,11 @@ def _derive(draft: SweepStatusDraft, history: list[dict], settings: SweepSetting
         else:
             draft.transition(st.SUCCEEDED, "SweepSucceeded",
                              f"{len(history)} trials; best {top['name']}: {settings.metric} {top['value']:.4g}")
+    elif training_under_an_edited_search is not None:
+        # Still Running (the trials go on); Stalled once none trains: from then on only a person moves it on.
+        draft.transition(st.RUNNING, SEARCH_CHANGED,
+                         f"the search was edited after trials started: {training_under_an_edited_search} training, "
+                         f"{len(history)}/{settings.trial_budget} started; revert the edit to go on")
     elif counts[study.RUNNING] or not (body.get("spec") or {}).get("suspend"):
         best_text = f"; best {top['name']}: {settings.metric} {top['value']:.4g}" if top else ""
         draft.transition(st.RUNNING, "TrialsRunning",
@@ -254,7 +263,7 @@ def _derive(draft: SweepStatusDraft, history: list[dict], settings: SweepSetting
     else:
         draft.transition(st.SUSPENDED, "Suspended", f"spec.suspend is true: {len(history)}/{settings.trial_budget} "
                                                     "trials started, none running")
-    draft.set_kstatus(body["metadata"].get("generation"))
+    draft.set_kstatus(body["metadata"].get("generation"), waiting_for_a_person=training_under_an_edited_search == 0)
 
 
 def _finish(plan: SweepPlan, draft: SweepStatusDraft, status: dict) -> SweepPlan:

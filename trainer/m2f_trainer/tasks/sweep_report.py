@@ -52,6 +52,7 @@ def write_png(spec: Mapping, history: Sequence[Mapping], path: Path) -> Path | N
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     import optuna.visualization.matplotlib as ov
+    from matplotlib.ticker import MaxNLocator
     from PIL import Image
 
     from m2f_spec.sweep.study import study_of
@@ -71,13 +72,13 @@ def write_png(spec: Mapping, history: Sequence[Mapping], path: Path) -> Path | N
         labels = {f"Trial{r['number']}": f"{r.get('name', r['number'])} ({str(r.get('state', '')).lower()})"
                   for r in history}
         plots = [(lambda: ov.plot_optimization_history(study, target_name=metric),
-                  f"{metric} of each finished trial, and the best so far", "trial"),
+                  f"{metric} of each finished trial, and the best so far", "trial", metric),
                  (lambda: ov.plot_intermediate_values(study),
-                  f"{metric} at each observed validation (pruned trials stop early)", "epoch")]
+                  f"{metric} at each observed validation (pruned trials stop early)", "epoch", metric)]
         if len(parameters) > 1 and len([t for t in study.trials if t.state.name == "COMPLETE"]) >= 2:
             plots.append((lambda: ov.plot_param_importances(study, target_name=metric),
-                          f"parameter importance for {metric}", None))
-        for draw, title, xlabel in plots:
+                          f"parameter importance for {metric}", None, None))
+        for draw, title, xlabel, ylabel in plots:
             try:
                 axes = draw()
             except Exception as exc:  # noqa: BLE001 (one plot that cannot be drawn must not lose the others)
@@ -86,8 +87,11 @@ def write_png(spec: Mapping, history: Sequence[Mapping], path: Path) -> Path | N
             for side in ("left", "right"):  # Optuna puts some titles at a side; ours replaces them
                 axes.set_title("", loc=side)
             axes.set_title(title, fontsize=10)
-            if xlabel:
+            if xlabel:  # trials and epochs are whole numbers: no 1.5 on the axis
                 axes.set_xlabel(xlabel)
+                axes.xaxis.set_major_locator(MaxNLocator(integer=True))
+            if ylabel:
+                axes.set_ylabel(ylabel)
             handles, names = axes.get_legend_handles_labels()
             if handles and any(name in labels for name in names):
                 axes.legend(handles, [labels.get(name, name) for name in names], fontsize=8,
