@@ -15,6 +15,7 @@ from pathlib import Path
 
 import pytest
 import torch
+import yaml
 
 from m2f_trainer.cli import main
 from m2f_trainer.data.synth import synthesize
@@ -240,6 +241,24 @@ def test_best_checkpoint_follows_monitor_name(synth_spec, tmp_path, monitor):
         assert best["epoch"] == state["best_epoch"] == lowest, (per_epoch, state)
         assert abs(state["best"] - per_epoch[lowest]) <= 1e-4 * per_epoch[lowest]
         assert "optimizer_states" not in best and best["model_config"] == latest["model_config"]
+
+
+def test_val_loss_without_a_labelled_val_split_warns_and_writes_no_best_file(synth_spec, tmp_path, caplog):
+    """monitor_name val_loss needs validation: with no labelled val split, training goes on and says once why
+    no best file will appear (it must not silently rank by nothing)."""
+    spec = yaml.safe_load(synth_spec.read_text())
+    del spec["dataset"]["val"]["panoptic_json"]  # images only: nothing to score
+    unlabelled = tmp_path / "spec.yaml"
+    unlabelled.write_text(yaml.safe_dump(spec))
+    results = tmp_path / "results"
+    caplog.set_level("INFO")
+    assert main(["train", "-e", str(unlabelled), f"results_dir={results}", "train.num_epochs=1",
+                 "train.iters_per_epoch=1", "train.metrics_port=0", "train.optim.monitor_name=val_loss"]) == 0
+    warnings = [r.getMessage() for r in caplog.records if r.levelname == "WARNING" and "val_loss" in r.getMessage()]
+    assert len(warnings) == 1 and "no labelled val split" in warnings[0], warnings
+    assert (results / "train" / LATEST).is_file()
+    assert not (results / "train" / "mask2former_model_best.pth").exists()
+    assert not [r for r in read_jsonl(results / "train" / "metrics.jsonl") if r["event"] == "validation"]
 
 
 def test_inference_on_an_image_folder(trained, synth_spec, tmp_path):
