@@ -135,6 +135,20 @@ def test_pod_succeeds_through_running(cluster):
     assert core.read_namespaced_pod_log("ok", "default") == "done\n"
 
 
+def test_binding_spreads_each_owners_pods_over_the_nodes(cluster):
+    """Round robin alone put a gang's two workers on one node whenever another job's pod was bound in between
+    (seen in an e2e run under load); like kube-scheduler's default spreading, an owner's pods go to the nodes
+    holding fewest of them."""
+    core, _, _ = cluster
+    sleeper = "import time; time.sleep(60)"
+    for name, owner in (("a-0", "uid-a"), ("b-0", "uid-b"), ("a-1", "uid-a"), ("b-1", "uid-b")):
+        core.create_namespaced_pod("default", _pod(name, sleeper, grace=0, owner_uid=owner))
+        _wait(core, name, lambda p: p is not None and bool(p.spec.node_name))
+    placed = {p.metadata.name: p.spec.node_name for p in core.list_namespaced_pod("default").items}
+    assert {placed["a-0"], placed["a-1"]} == set(NODES), placed
+    assert {placed["b-0"], placed["b-1"]} == set(NODES), placed
+
+
 def test_log_tail_is_the_message_on_error_when_asked(cluster):
     core, _, _ = cluster
     script = "import sys; print('working'); print('error: dataset.train.panoptic_json: no such file', file=sys.stderr); sys.exit(2)"

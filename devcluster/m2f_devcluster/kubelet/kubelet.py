@@ -91,7 +91,8 @@ class PodRun:
 
 
 class Kubelet:
-    """Runs the pods bound to `nodes` (and binds unscheduled pods to them round robin when `schedule`)."""
+    """Runs the pods bound to `nodes` (and binds unscheduled pods to them, spreading each owner's pods, when
+    `schedule`)."""
 
     def __init__(self, api_url: str, data_dir: Path, nodes: tuple[str, ...] = ("dev-node-0",), *,
                  kubeconfig: Path | None = None, log_dir: Path | None = None,
@@ -122,6 +123,9 @@ class Kubelet:
         self._finished: set[str] = set()
         self._ports: dict[tuple, int] = {}
         self._next_node = itertools.cycle(self.nodes)
+        # Live pods on our nodes -> (node, controller uid): what the binding spreads over. Kept from our own
+        # bindings too, because the watch may deliver a gang's second pod before the first one's binding.
+        self._placed: dict[str, tuple[str, str | None]] = {}
         self._http: aiohttp.ClientSession | None = None
         self._stopping = asyncio.Event()
         # Set once the Nodes are registered and the pod network is open: what "the cluster is up" promises.
@@ -269,6 +273,12 @@ class Kubelet:
     async def _on_pod(self, event_type: str, pod: dict) -> None:
         meta, spec = pod["metadata"], pod.get("spec", {})
         run = self._pods.get(meta["uid"])
+        node = spec.get("nodeName")
+        if event_type == "DELETED" or meta.get("deletionTimestamp") or \
+                (pod.get("status") or {}).get("phase") in ("Succeeded", "Failed"):
+            self._placed.pop(meta["uid"], None)
+        elif node in self.nodes:
+            self._placed[meta["uid"]] = (node, _controller_uid(pod))
         if event_type == "DELETED":
             self._finished.discard(meta["uid"])
             self.pod_ips.release(meta["uid"])
@@ -277,7 +287,6 @@ class Kubelet:
                 run.signal(signal.SIGCONT)
                 run.signal(signal.SIGKILL)
             return
-        node = spec.get("nodeName")
         if not node:
             if self.schedule and not meta.get("deletionTimestamp"):
                 await self._bind(pod)
@@ -303,13 +312,27 @@ class Kubelet:
         candidates = [n for n in self.nodes if n not in self.lost_nodes]
         if not candidates:
             return
-        node = next(self._next_node)
-        while node in self.lost_nodes:
-            node = next(self._next_node)
+        node = self._choose_node(pod, candidates)
+        self._placed[pod["metadata"]["uid"]] = (node, _controller_uid(pod))
         binding = {"apiVersion": "v1", "kind": "Binding", "metadata": {"name": pod["metadata"]["name"]},
                    "target": {"apiVersion": "v1", "kind": "Node", "name": node}}
         with contextlib.suppress(RuntimeError, aiohttp.ClientError):  # already bound or gone
             await self._request("POST", self._pod_path(pod, "/binding"), binding)
+
+    def _choose_node(self, pod: dict, candidates: list[str]) -> str:
+        """What kube-scheduler's default spreading does for pods behind a Service: fewest pods of the same owner
+        (so a gang's workers land on different nodes, whatever else is being scheduled), then fewest pods, then
+        round robin."""
+        start = self.nodes.index(next(self._next_node))
+        ordered = [n for n in self.nodes[start:] + self.nodes[:start] if n in candidates]
+        owner = _controller_uid(pod)
+        placed = list(self._placed.values())
+
+        def load(node: str) -> tuple[int, int]:
+            here = [uid for where, uid in placed if where == node]
+            return (sum(1 for uid in here if owner is not None and uid == owner), len(here))
+
+        return min(ordered, key=load)
 
     def _pod_dir(self, pod: dict) -> Path:
         meta = pod["metadata"]
@@ -526,3 +549,8 @@ class Kubelet:
             if run.task is not None:
                 with contextlib.suppress(asyncio.CancelledError, Exception):
                     await run.task
+
+
+def _controller_uid(pod: dict) -> str | None:
+    return next((ref.get("uid") for ref in pod["metadata"].get("ownerReferences") or [] if ref.get("controller")),
+                None)
