@@ -215,7 +215,8 @@ def test_two_node_train_rendezvous_progress_checkpoints_and_events(cluster_env: 
     assert sorted(p["metadata"]["name"] for p in final_gang) == [f"{name}-worker-{i}" for i in range(NODES)]
     placed = {p["spec"]["nodeName"] for p in final_gang}
     if env.cluster.control_plane == "emulator":
-        # The emulator's binding is the local kubelet's round robin: one worker per "node".
+        # The emulator's binding is the local kubelet's: it spreads a Train's pods, one worker per "node",
+        # whatever the concurrent scenarios bind in between.
         assert len(placed) == NODES, "the workers share a node"
     else:
         # The real kube-scheduler places them by its own scoring (gpusPerNode 0 asks for no resource that
