@@ -141,8 +141,10 @@ def test_binding_spreads_each_owners_pods_over_the_nodes(cluster):
     holding fewest of them."""
     core, _, _ = cluster
     sleeper = "import time; time.sleep(60)"
-    for name, owner in (("a-0", "uid-a"), ("b-0", "uid-b"), ("a-1", "uid-a"), ("b-1", "uid-b")):
+    pods = (("a-0", "uid-a"), ("b-0", "uid-b"), ("a-1", "uid-a"), ("b-1", "uid-b"))
+    for name, owner in pods:  # back to back: a pod may come before the previous one's binding is seen
         core.create_namespaced_pod("default", _pod(name, sleeper, grace=0, owner_uid=owner))
+    for name, _ in pods:
         _wait(core, name, lambda p: p is not None and bool(p.spec.node_name))
     placed = {p.metadata.name: p.spec.node_name for p in core.list_namespaced_pod("default").items}
     assert {placed["a-0"], placed["a-1"]} == set(NODES), placed

@@ -179,6 +179,14 @@ def test_the_search_is_fixed_once_trials_exist():
     _, still_training = run(edited, [child(plan.creates[0], validation=(1, 0.2))])
     assert {c["type"]: c["status"] for c in still_training["conditions"]}["Stalled"] == "False"
     assert "1 training" in still_training["message"]
+    # A trial that waits for a person itself (InvalidSpec) does not train either.
+    _, invalid_trial = run(edited, [child(plan.creates[0], st.INVALID_SPEC)])
+    assert {c["type"]: c["status"] for c in invalid_trial["conditions"]}["Stalled"] == "True"
+    # A suspended sweep that nothing runs is what was asked for: Suspended, edit or not.
+    suspended = sweep(status, parallelTrials=1, seed=4, suspend=True)
+    _, idle = run(suspended, [child(plan.creates[0], st.SUCCEEDED, metrics={"PQ": 0.3})])
+    assert idle["phase"] == st.SUSPENDED, idle
+    assert {c["type"]: c["status"] for c in idle["conditions"]}["Stalled"] == "False"
     # Reverted: the sweep goes on.
     plan3, status3 = run(sweep(status2, parallelTrials=1), [child(plan.creates[0], st.SUCCEEDED, metrics={"PQ": 0.3})])
     assert status3["history"][0]["state"] == "Succeeded" and status3["history"][0]["value"] == 0.3

@@ -47,7 +47,7 @@ def overfit_spec(sample, results) -> dict:
 
 
 @pytest.mark.slow(minutes=15)
-@pytest.mark.timeout(2400)  # ~6 min on two idle cores; a machine with one core taken can take 2-3x that
+@pytest.mark.timeout(2400)  # ~6 min alone on two idle cores; 15-25 min in the suite, one thread beside the other worker
 def test_overfitting_two_real_coco_images_to_pq_090(coco_sample_dir, tmp_path):
     """From chance to PQ >= 0.9 on the two images in 250 steps, about 6 minutes on 2 CPU cores (measured:
     PQ 0.914, things 0.892, stuff 0.935; 0.42 / 0.58 / 0.73 / 0.86 after 50 / 100 / 150 / 200 steps)."""

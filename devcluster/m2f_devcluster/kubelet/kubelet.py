@@ -222,6 +222,8 @@ class Kubelet:
                         await handle("ADDED", obj)
                     if handle == self._on_pod:  # deleted while the watch was down: stop them now
                         listed = {obj["metadata"]["uid"] for obj in listing["items"]}
+                        for uid in [uid for uid in self._placed if uid not in listed]:
+                            del self._placed[uid]  # gone unseen: no longer counted by the binding
                         for run in [run for uid, run in self._pods.items() if uid not in listed]:
                             await self._on_pod("DELETED", run.pod)
                 query = f"?watch=true&resourceVersion={version}&timeoutSeconds={self.watch_timeout}"
@@ -326,7 +328,7 @@ class Kubelet:
         start = self.nodes.index(next(self._next_node))
         ordered = [n for n in self.nodes[start:] + self.nodes[:start] if n in candidates]
         owner = _controller_uid(pod)
-        placed = list(self._placed.values())
+        placed = [where for uid, where in self._placed.items() if uid != pod["metadata"]["uid"]]
 
         def load(node: str) -> tuple[int, int]:
             here = [uid for where, uid in placed if where == node]

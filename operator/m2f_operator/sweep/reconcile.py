@@ -145,10 +145,14 @@ def reconcile_sweep(observed: SweepObserved) -> SweepPlan:
     # 4. The status.
     draft.fields["history"] = history
     # With an edited search the records are not updated, so the trials still training are counted from the children.
+    # A trial that ended (or waits for a person itself: InvalidSpec, suspended by hand) does not train.
     training = sum(1 for r in history if r["state"] == study.RUNNING and r["number"] in children
-                   and (children[r["number"]].get("status") or {}).get("phase") not in st.TERMINAL_PHASES)
+                   and (children[r["number"]].get("status") or {}).get("phase") not in NOT_TRAINING)
     _derive(draft, history, settings, failed, body, training if changed else None)
     return _finish(plan, draft, status)
+
+
+NOT_TRAINING = (*st.TERMINAL_PHASES, st.INVALID_SPEC, st.SUSPENDED)
 
 
 def _stopped_but_present(history: list[dict], children: dict[int, dict]) -> list[str]:
@@ -236,6 +240,9 @@ def _derive(draft: SweepStatusDraft, history: list[dict], settings: SweepSetting
                               "succeeded": counts[study.SUCCEEDED], "pruned": counts[study.PRUNED],
                               "failed": counts[study.FAILED] + sum(1 for r in history if r["state"] == study.STOPPED)}
     top = study.best(history, settings.goal)
+    suspended = bool((body.get("spec") or {}).get("suspend"))
+    # Under an edited search the records are not updated: what still trains is counted from the children.
+    training = counts[study.RUNNING] if training_under_an_edited_search is None else training_under_an_edited_search
     if top is not None:
         draft.fields["bestTrial"] = {"name": top["name"], "number": top["number"], "parameters": top["parameters"],
                                      "metric": settings.metric, "value": top["value"]}
@@ -251,19 +258,20 @@ def _derive(draft: SweepStatusDraft, history: list[dict], settings: SweepSetting
         else:
             draft.transition(st.SUCCEEDED, "SweepSucceeded",
                              f"{len(history)} trials; best {top['name']}: {settings.metric} {top['value']:.4g}")
-    elif training_under_an_edited_search is not None:
+    elif training_under_an_edited_search is not None and (training or not suspended):
         # Still Running (the trials go on); Stalled once none trains: from then on only a person moves it on.
         draft.transition(st.RUNNING, SEARCH_CHANGED,
                          f"the search was edited after trials started: {training_under_an_edited_search} training, "
                          f"{len(history)}/{settings.trial_budget} started; revert the edit to go on")
-    elif counts[study.RUNNING] or not (body.get("spec") or {}).get("suspend"):
+    elif training or not suspended:
         best_text = f"; best {top['name']}: {settings.metric} {top['value']:.4g}" if top else ""
         draft.transition(st.RUNNING, "TrialsRunning",
                          f"{counts[study.RUNNING]} running, {len(history)}/{settings.trial_budget} started{best_text}")
     else:
         draft.transition(st.SUSPENDED, "Suspended", f"spec.suspend is true: {len(history)}/{settings.trial_budget} "
                                                     "trials started, none running")
-    draft.set_kstatus(body["metadata"].get("generation"), waiting_for_a_person=training_under_an_edited_search == 0)
+    draft.set_kstatus(body["metadata"].get("generation"),
+                      waiting_for_a_person=draft.phase == st.RUNNING and training_under_an_edited_search == 0)
 
 
 def _finish(plan: SweepPlan, draft: SweepStatusDraft, status: dict) -> SweepPlan:
