@@ -21,6 +21,7 @@ from m2f_spec.errors import SpecError
 from m2f_spec.sweep import study
 from m2f_spec.sweep.settings import SweepSettings, settings_from
 
+NOT_TRAINING = (*st.TERMINAL_PHASES, st.INVALID_SPEC, st.SUSPENDED)  # trial phases in which nothing trains
 SEARCH_CHANGED = "SearchChanged"  # a condition: the search was edited after trials started (not applied)
 # The fields that define the search: fixed once the first trial exists (maxTrials, parallelTrials and
 # maxFailedTrials may change at any time).
@@ -152,9 +153,6 @@ def reconcile_sweep(observed: SweepObserved) -> SweepPlan:
     return _finish(plan, draft, status)
 
 
-NOT_TRAINING = (*st.TERMINAL_PHASES, st.INVALID_SPEC, st.SUSPENDED)
-
-
 def _stopped_but_present(history: list[dict], children: dict[int, dict]) -> list[str]:
     """Trials recorded as stopped whose delete did not happen (the operator stopped in between)."""
     return [r["name"] for r in history if r["state"] in (study.PRUNED, study.STOPPED) and r["number"] in children]
@@ -241,7 +239,6 @@ def _derive(draft: SweepStatusDraft, history: list[dict], settings: SweepSetting
                               "failed": counts[study.FAILED] + sum(1 for r in history if r["state"] == study.STOPPED)}
     top = study.best(history, settings.goal)
     suspended = bool((body.get("spec") or {}).get("suspend"))
-    # Under an edited search the records are not updated: what still trains is counted from the children.
     training = counts[study.RUNNING] if training_under_an_edited_search is None else training_under_an_edited_search
     if top is not None:
         draft.fields["bestTrial"] = {"name": top["name"], "number": top["number"], "parameters": top["parameters"],
